@@ -1,0 +1,2 @@
+//! The `portvakt` command line: arguments → config → telemetry → server.
+fn main() {}
