@@ -1,3 +1,9 @@
 //! Portvakt: one key for library patrons and students to the digital content their
 //! institution pays for. The library holds the policy engine and the gateway; the
 //! `portvakt` binary in `main.rs` wires them to the command line.
+
+pub mod cli;
+pub mod ids;
+pub mod policy;
+pub mod pseudonym;
+pub mod subject;

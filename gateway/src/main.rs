@@ -1,2 +1,130 @@
 //! The `portvakt` command line: arguments → config → telemetry → server.
-fn main() {}
+//!
+//! Usage errors and operator mistakes are one clear line on stderr and exit code 1 (2 is
+//! reserved for `decide`'s "deny"), never a panic or a backtrace.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::cli;
+use gateway::subject::Affiliation;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portvakt",
+    version,
+    about = "One key to the library's digital content"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a policy directory: a summary, or every error with file:line:col.
+    CheckPolicy {
+        /// The policy directory (every *.toml file directly in it).
+        dir: PathBuf,
+    },
+    /// One decision, printed as one JSON object. Exit 0 permit, 2 deny, 1 error.
+    Decide {
+        #[arg(long, value_name = "DIR")]
+        policy: PathBuf,
+        #[arg(long, value_name = "ID")]
+        service: String,
+        /// patron, student, staff or walk_in.
+        #[arg(long, default_value = "patron", value_parser = parse_affiliation)]
+        affiliation: Affiliation,
+        /// The subject's institutions, home institution first (repeatable).
+        #[arg(long = "institution", value_name = "ID")]
+        institutions: Vec<String>,
+        #[arg(long, value_name = "YYYY-MM-DD", conflicts_with = "birth_year")]
+        birth_date: Option<String>,
+        #[arg(long, value_name = "YYYY", value_parser = clap::value_parser!(i16).range(1800..=9999))]
+        birth_year: Option<i16>,
+        /// The client's IP address (for on-site access).
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<String>,
+        /// A date (YYYY-MM-DD) or an RFC 3339 instant; default now.
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
+        /// The subject key, to show the pseudonym (e.g. card:NO-2390700:12345).
+        #[arg(long, value_name = "KEY")]
+        subject: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        pseudonym_key_file: Option<PathBuf>,
+    },
+}
+
+fn parse_affiliation(s: &str) -> Result<Affiliation, String> {
+    Affiliation::parse(s).ok_or_else(|| "use patron, student, staff or walk_in".to_owned())
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => return usage_error(e),
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let code = match args.command {
+        Command::CheckPolicy { dir } => cli::check_policy(&dir, &mut out, &mut err),
+        Command::Decide {
+            policy,
+            service,
+            affiliation,
+            institutions,
+            birth_date,
+            birth_year,
+            ip,
+            at,
+            subject,
+            pseudonym_key_file,
+        } => cli::decide(
+            &cli::DecideArgs {
+                policy_dir: &policy,
+                service: &service,
+                affiliation,
+                institutions,
+                birth_date: birth_date.as_deref(),
+                birth_year,
+                ip: ip.as_deref(),
+                at: at.as_deref(),
+                subject: subject.as_deref(),
+                pseudonym_key_file: pseudonym_key_file.as_deref(),
+            },
+            &mut out,
+            &mut err,
+        ),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Help and version go to stdout with exit 0; anything else is one line on stderr, exit 1.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        print!("{e}");
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        eprint!("{e}");
+        return ExitCode::from(1);
+    }
+    // clap spreads one mistake over several lines; keep what comes before "Usage:".
+    let rendered = e.to_string();
+    let words: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = if words.is_empty() {
+        "error: invalid arguments".to_owned()
+    } else {
+        words.join(" ")
+    };
+    eprintln!("{line} (see portvakt --help)");
+    ExitCode::from(1)
+}

@@ -1,0 +1,27 @@
+//! The policy: which institutions exist, what they subscribe to, who may use each service,
+//! and what a vendor may learn. See `shared/spec/policy.md` for the format and the rules.
+//!
+//! Data flows one way: `load` reads a directory of TOML files into spanned values, checks
+//! every rule and collects every error (with file:line:col) before building anything, and
+//! only a policy without errors becomes an immutable [`Policy`], indexed for the hot path.
+//! `eval::decide` is a pure, synchronous function of the policy, a subject, a service, the
+//! client's address and the instant; `release` turns a permit into the attributes a vendor
+//! receives. A reload builds a new `Policy` and swaps an `Arc`: nothing is ever half-applied.
+
+mod eval;
+mod load;
+mod model;
+mod network;
+pub mod release;
+pub mod synthetic;
+
+pub use eval::{Decision, DenyReason, Permit, Stage, decide, oslo, oslo_today};
+pub use load::{Diagnostic, LoadError, Severity, load_dir, load_files};
+pub use model::{
+    Access, Attribute, Audience, Entitlement, Group, Institution, InstitutionKind, Location,
+    OidcSettings, Policy, ProxySettings, Rate, SamlSettings, Service, Summary,
+};
+pub use release::{AgeBand, Release, release};
+
+#[cfg(test)]
+mod tests;
