@@ -1,3 +1,5 @@
 //! Portvakt: one key for library patrons and students to the digital content their
 //! institution pays for. The library holds the policy engine and the gateway; the
 //! `portvakt` binary in `main.rs` wires them to the command line.
+
+pub mod auth;
