@@ -2,6 +2,7 @@
 //! institution pays for. The library holds the policy engine and the gateway; the
 //! `portvakt` binary in `main.rs` wires them to the command line.
 
+pub mod auth;
 pub mod cli;
 pub mod ids;
 pub mod policy;
