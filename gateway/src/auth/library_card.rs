@@ -1,4 +1,425 @@
-//! Library card + PIN checks against a library system; [`sip2`] speaks SIP2 to the ACS.
-//! The `http` and `file` backends and the common `PatronVerifier` trait will join it here.
+//! Library card + PIN checks against a library system, behind one [`PatronVerifier`] trait.
+//!
+//! A `[[card_backend]]` section of the config ([`FileCardBackend`]) goes through [`build`]
+//! into an `Arc<dyn PatronVerifier>`; the login page calls [`PatronVerifier::verify`] with the
+//! library the patron chose, the card and the PIN, and gets a [`CardOutcome`] or a
+//! [`VerifyError`]. Three backends implement the trait:
+//!
+//! - [`sip2`]: SIP2 (messages 93 and 63/64) to the library system's ACS, pooled;
+//! - [`http`]: a JSON patron API, `POST {"library","card","pin"}`;
+//! - [`file`]: a local TOML patron list, for demos and tests only.
+//!
+//! A [`VerifyError`] always reads "the library system is not answering", never "wrong PIN":
+//! a patron must not be told their PIN is wrong when we simply did not get an answer. No
+//! card number, PIN, name or birth date reaches an error, a log line or a `Debug` output.
 
+pub mod file;
+pub mod http;
 pub mod sip2;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ids::InstitutionId;
+use crate::subject::Age;
+
+/// The future [`PatronVerifier::verify`] returns, boxed so the trait stays dyn-compatible.
+pub type VerifyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<CardOutcome, VerifyError>> + Send + 'a>>;
+
+/// Checks a card and PIN against one library system.
+pub trait PatronVerifier: Send + Sync + fmt::Debug {
+    /// Asks about `card` and `pin` as the patron typed them. `library` is the institution the
+    /// patron chose on the login page (its policy id); a backend serving several institutions
+    /// (the http one) passes it on, a single-library one (sip2, file) ignores it.
+    fn verify<'a>(
+        &'a self,
+        library: &'a InstitutionId,
+        card: &'a str,
+        pin: &'a str,
+    ) -> VerifyFuture<'a>;
+}
+
+/// What the library system said about a card and PIN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CardOutcome {
+    /// The card and PIN are right and the card may be used.
+    Accepted(PatronInfo),
+    /// The card is unknown or the PIN is wrong; the two are never told apart.
+    WrongCardOrPin,
+    /// Right card and PIN, but the card is reported lost (`lost`) or otherwise barred.
+    Blocked { lost: bool },
+}
+
+/// What an accepted login tells about the patron.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatronInfo {
+    pub age: Age,
+    /// The home library as the library system gave it (an id, a bare library number or an
+    /// alias); the caller resolves it through `Policy::institution`.
+    pub home_library: Option<String>,
+}
+
+impl fmt::Debug for PatronInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Age's own Debug hides the date; the home library is shown only as present or not,
+        // since together with an age it narrows a person down.
+        f.debug_struct("PatronInfo")
+            .field("age", &self.age)
+            .field(
+                "home_library",
+                &self.home_library.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Why a check got no outcome. Shown to the patron as "the library system is not
+/// answering"; the reason (for logs and metrics) never carries personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the library system is not answering")]
+    Unavailable(String),
+}
+
+impl VerifyError {
+    /// The reason for the log, such as "timeout" or "status 503".
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Unavailable(reason) => reason,
+        }
+    }
+}
+
+/// One `[[card_backend]]` section of `portvakt.toml`, as written. [`build`] checks it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCardBackend {
+    /// `"sip2"`, `"http"` or `"file"`.
+    pub kind: String,
+    /// The institutions whose cards this backend checks (ids, bare numbers or aliases).
+    pub institutions: Vec<String>,
+
+    /// sip2: `host:port` of the ACS.
+    pub addr: Option<String>,
+    /// sip2: TLS to the ACS. Default false.
+    pub tls: Option<bool>,
+    /// sip2: `CN` of message 93; needs `login_password_file`.
+    pub login_user: Option<String>,
+    /// sip2: file holding `CO` of message 93 (one trailing newline is dropped).
+    pub login_password_file: Option<PathBuf>,
+    /// sip2: `AO`. Default empty.
+    pub institution_id: Option<String>,
+    /// sip2: `CP` of message 93.
+    pub location: Option<String>,
+    /// sip2: `AY`/`AZ` error detection. Default true.
+    pub checksums: Option<bool>,
+    /// sip2: `"utf-8"` (default) or `"latin1"`.
+    pub encoding: Option<String>,
+    /// sip2 and http: the longest one check may take, such as `"5s"` or `"1500ms"`.
+    /// Default 5 s.
+    pub timeout: Option<String>,
+    /// sip2: TCP connections kept open and reused. Default 2.
+    pub connections: Option<usize>,
+
+    /// http: the patron API's `http://` or `https://` URL.
+    pub url: Option<String>,
+    /// http: file holding the bearer token (one trailing newline is dropped).
+    pub token_file: Option<PathBuf>,
+
+    /// file: the TOML patron list.
+    pub path: Option<PathBuf>,
+}
+
+/// Default for `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `connections`.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
+const KINDS: [&str; 3] = ["sip2", "http", "file"];
+
+/// Checks one `[[card_backend]]` and builds its verifier. Secret files and the patron list
+/// are read now, relative to `base_dir` (the config file's folder). Every problem is
+/// reported, each naming its key; the caller prefixes the place (`card_backend[0]: `), or
+/// uses [`build_all`], which does.
+pub fn build(
+    cfg: &FileCardBackend,
+    base_dir: &Path,
+) -> Result<Arc<dyn PatronVerifier>, Vec<String>> {
+    let mut errors = Vec::new();
+    let kind = cfg.kind.as_str();
+    if !KINDS.contains(&kind) {
+        return Err(vec![format!(
+            "unknown kind \"{}\" (expected \"sip2\", \"http\" or \"file\")",
+            cfg.kind.escape_debug()
+        )]);
+    }
+    if cfg.institutions.is_empty() {
+        errors.push(format!(
+            "kind \"{kind}\" needs \"institutions\" (at least one)"
+        ));
+    }
+    for (key, set, kinds) in settings(cfg) {
+        if set && !kinds.contains(&kind) {
+            errors.push(format!(
+                "\"{key}\" is a setting of kind {}, not \"{kind}\"",
+                kinds
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+    }
+    let timeout = match cfg.timeout.as_deref() {
+        None => DEFAULT_TIMEOUT,
+        Some(s) => parse_timeout(s).unwrap_or_else(|| {
+            errors.push(format!(
+                "\"timeout\" must be a duration above zero such as \"5s\" or \"1500ms\", not \"{}\"",
+                s.escape_debug()
+            ));
+            DEFAULT_TIMEOUT
+        }),
+    };
+    let built: Result<Arc<dyn PatronVerifier>, Vec<String>> = match kind {
+        "sip2" => sip2_backend(cfg, base_dir, timeout).map(|v| Arc::new(v) as _),
+        "http" => http::HttpVerifier::from_config(cfg, base_dir, timeout).map(|v| Arc::new(v) as _),
+        _ => file::FileVerifier::from_config(cfg, base_dir).map(|v| Arc::new(v) as _),
+    };
+    match built {
+        Ok(v) if errors.is_empty() => Ok(v),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// A built backend and the institution references (as configured) it serves.
+#[derive(Clone, Debug)]
+pub struct CardBackend {
+    pub institutions: Vec<String>,
+    pub verifier: Arc<dyn PatronVerifier>,
+}
+
+/// Builds every `[[card_backend]]`, prefixing each error with `card_backend[i]: `, and
+/// checks that no institution reference is served by two backends.
+pub fn build_all(
+    cfgs: &[FileCardBackend],
+    base_dir: &Path,
+) -> Result<Vec<CardBackend>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut built = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        for inst in &cfg.institutions {
+            if let Some(first) = seen.insert(inst.as_str(), i) {
+                errors.push(format!(
+                    "card_backend[{i}]: institution \"{}\" is already served by card_backend[{first}]",
+                    inst.escape_debug()
+                ));
+            }
+        }
+        match build(cfg, base_dir) {
+            Ok(verifier) => built.push(CardBackend {
+                institutions: cfg.institutions.clone(),
+                verifier,
+            }),
+            Err(e) => errors.extend(e.into_iter().map(|e| format!("card_backend[{i}]: {e}"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Each optional setting: its key, whether it is set, and the kinds it belongs to.
+fn settings(cfg: &FileCardBackend) -> [(&'static str, bool, &'static [&'static str]); 13] {
+    const SIP2: &[&str] = &["sip2"];
+    const HTTP: &[&str] = &["http"];
+    const FILE: &[&str] = &["file"];
+    const TIMED: &[&str] = &["sip2", "http"];
+    [
+        ("addr", cfg.addr.is_some(), SIP2),
+        ("tls", cfg.tls.is_some(), SIP2),
+        ("login_user", cfg.login_user.is_some(), SIP2),
+        (
+            "login_password_file",
+            cfg.login_password_file.is_some(),
+            SIP2,
+        ),
+        ("institution_id", cfg.institution_id.is_some(), SIP2),
+        ("location", cfg.location.is_some(), SIP2),
+        ("checksums", cfg.checksums.is_some(), SIP2),
+        ("encoding", cfg.encoding.is_some(), SIP2),
+        ("connections", cfg.connections.is_some(), SIP2),
+        ("timeout", cfg.timeout.is_some(), TIMED),
+        ("url", cfg.url.is_some(), HTTP),
+        ("token_file", cfg.token_file.is_some(), HTTP),
+        ("path", cfg.path.is_some(), FILE),
+    ]
+}
+
+/// `"5s"`, `"1500ms"`, `"1m"`: a whole number above zero and one unit.
+fn parse_timeout(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(unit_at);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" | "min" => n.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Reads a password or token file: its whole content but one trailing newline (`\n` or
+/// `\r\n`), which editors add. The content never appears in an error.
+fn read_secret(key: &str, file: &Path, base_dir: &Path) -> Result<String, String> {
+    let path = base_dir.join(file);
+    let mut s = std::fs::read_to_string(&path)
+        .map_err(|e| format!("\"{key}\": cannot read {}: {e}", path.display()))?;
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    if s.is_empty() {
+        return Err(format!("\"{key}\": {} is empty", path.display()));
+    }
+    Ok(s)
+}
+
+fn sip2_backend(
+    cfg: &FileCardBackend,
+    base_dir: &Path,
+    timeout: Duration,
+) -> Result<Sip2Verifier, Vec<String>> {
+    let mut errors = Vec::new();
+    let Some(addr) = cfg.addr.clone() else {
+        return Err(vec![
+            "kind \"sip2\" needs \"addr\" (host:port of the ACS)".into(),
+        ]);
+    };
+    if cfg.tls == Some(true) {
+        errors.push(
+            "\"tls\" = true is not supported yet for sip2; use a TLS tunnel (stunnel) to the ACS"
+                .into(),
+        );
+    }
+    let encoding = match cfg.encoding.as_deref() {
+        None => sip2::Encoding::Utf8,
+        Some(s) => s.parse().unwrap_or_else(|_| {
+            errors.push(format!(
+                "\"encoding\" must be \"utf-8\" or \"latin1\", not \"{}\"",
+                s.escape_debug()
+            ));
+            sip2::Encoding::Utf8
+        }),
+    };
+    let login_password = match (&cfg.login_user, &cfg.login_password_file) {
+        (Some(_), Some(file)) => read_secret("login_password_file", file, base_dir)
+            .map_err(|e| errors.push(e))
+            .ok(),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push("\"login_user\" needs \"login_password_file\"".into());
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("\"login_password_file\" needs \"login_user\"".into());
+            None
+        }
+    };
+    if cfg.connections == Some(0) {
+        errors.push("\"connections\" must be at least 1".into());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let settings = sip2::Sip2Settings {
+        addr,
+        login_user: cfg.login_user.clone(),
+        login_password,
+        institution_id: cfg.institution_id.clone().unwrap_or_default(),
+        location: cfg.location.clone(),
+        checksums: cfg.checksums.unwrap_or(true),
+        encoding,
+        timeout,
+        connections: cfg.connections.unwrap_or(DEFAULT_CONNECTIONS),
+    };
+    sip2::Sip2Client::new(settings)
+        .map(Sip2Verifier::new)
+        .map_err(|e| vec![e.to_string()])
+}
+
+/// [`PatronVerifier`] over a [`sip2::Sip2Client`]: one ACS, so `library` is not sent (the
+/// ACS knows its own institution through `AO`).
+#[derive(Debug)]
+pub struct Sip2Verifier {
+    client: sip2::Sip2Client,
+}
+
+impl Sip2Verifier {
+    pub fn new(client: sip2::Sip2Client) -> Self {
+        Self { client }
+    }
+}
+
+impl PatronVerifier for Sip2Verifier {
+    fn verify<'a>(
+        &'a self,
+        _library: &'a InstitutionId,
+        card: &'a str,
+        pin: &'a str,
+    ) -> VerifyFuture<'a> {
+        Box::pin(async move {
+            match self.client.check(card, pin).await {
+                Ok(verdict) => Ok(from_sip2(verdict)),
+                Err(e) => Err(VerifyError::Unavailable(error_chain(&e))),
+            }
+        })
+    }
+}
+
+fn from_sip2(verdict: sip2::Sip2Verdict) -> CardOutcome {
+    match verdict {
+        sip2::Sip2Verdict::Accepted {
+            birth_date,
+            home_library,
+        } => CardOutcome::Accepted(PatronInfo {
+            age: birth_date.map_or(Age::Unknown, Age::BirthDate),
+            home_library,
+        }),
+        sip2::Sip2Verdict::WrongCardOrPin => CardOutcome::WrongCardOrPin,
+        sip2::Sip2Verdict::Blocked { lost } => CardOutcome::Blocked { lost },
+    }
+}
+
+/// An error and its sources, `a: b: c`. Only for errors known to carry no personal data
+/// (the sip2 and i/o errors do not).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,426 @@
+//! Slows down and then refuses repeated failed logins, per card and per client address,
+//! without locking a patron out for long. In memory, one table for the whole process.
+//!
+//! A login asks [`Throttle::check`] first, then reports how it went: [`Throttle::failed`]
+//! for a wrong card or PIN, [`Throttle::succeeded`] for an accepted (or blocked) card, and
+//! [`Throttle::abandoned`] when the library system did not answer (that is no guess, so it
+//! does not count). The instant is always a parameter, so tests never sleep.
+//!
+//! # The numbers
+//!
+//! | | per card | per client address |
+//! |---|---|---|
+//! | failures without delay | 3 | 10 |
+//! | then, before the next try | 1 s, 2 s, 4 s, … doubling, at most 60 s | the same |
+//! | refused for 15 minutes after | 10 failures in 15 minutes | 30 failures in 15 minutes |
+//!
+//! So a patron who mistypes a few times waits seconds, and even one who keeps trying is back
+//! within 15 minutes; a guesser gets about 10 tries per card each half hour. An address is a
+//! whole IPv4 address or an IPv6 /64 (one household or one device gets a whole /64); its
+//! limits are higher because a school or a library sits behind one NAT address. A success
+//! clears the card's counter, but not the address's: otherwise one known card would let a
+//! guesser reset the address limit at will. After a refusal has passed, the count starts
+//! afresh.
+//!
+//! Once a key is past its free failures, only one try at a time is let through (a try in
+//! progress counts), so firing guesses in parallel gains nothing; a try never reported back
+//! stops counting after a minute.
+//!
+//! # Memory
+//!
+//! Cards are keyed by an HMAC of the normalized number under a per-process secret, so the
+//! table holds no card number. An entry lives while it can still affect a decision (its
+//! failures are in the window, a refusal or delay is running, or a try is in progress). The
+//! table holds at most `max_entries` (100 000 by default); when full, expired entries go
+//! first, then the longest untouched tenth.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::subject::normalize_card;
+
+/// How long an unreported try keeps counting as in progress; longer than any backend's
+/// timeout.
+const PENDING_TTL: Duration = Duration::from_secs(60);
+
+/// A refused try, with how long to wait. Shown to the patron; carries no card number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ThrottleError {
+    /// Past the free failures: wait before the next try.
+    #[error("too many failed logins; try again in {} seconds", whole_seconds(*retry_after))]
+    Slowed { retry_after: Duration },
+    /// Too many failures in the window: refused for a while.
+    #[error("too many failed logins; try again in {} minutes", whole_seconds(*retry_after).div_ceil(60))]
+    Refused { retry_after: Duration },
+}
+
+impl ThrottleError {
+    /// For a `Retry-After` header.
+    pub fn retry_after(&self) -> Duration {
+        match *self {
+            Self::Slowed { retry_after } | Self::Refused { retry_after } => retry_after,
+        }
+    }
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The limits for one kind of key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Failures in the window that need no delay.
+    pub free_failures: u32,
+    /// The delay after the first failure past the free ones; it doubles with each further.
+    pub first_delay: Duration,
+    /// The delay never grows above this.
+    pub max_delay: Duration,
+    /// This many failures within `window` start a refusal.
+    pub refuse_after: u32,
+    /// How far back failures count.
+    pub window: Duration,
+    /// How long a refusal lasts.
+    pub refusal: Duration,
+}
+
+impl Limits {
+    pub const CARD: Limits = Limits {
+        free_failures: 3,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(60),
+        refuse_after: 10,
+        window: Duration::from_secs(15 * 60),
+        refusal: Duration::from_secs(15 * 60),
+    };
+    pub const ADDRESS: Limits = Limits {
+        free_failures: 10,
+        refuse_after: 30,
+        ..Self::CARD
+    };
+
+    /// The wait after the `n`th failure in the window.
+    fn delay(&self, n: usize) -> Duration {
+        let free = self.free_failures as usize;
+        if n <= free {
+            return Duration::ZERO;
+        }
+        let doublings = u32::try_from(n - free - 1).unwrap_or(u32::MAX).min(31);
+        self.first_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay)
+    }
+}
+
+/// All the throttle's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    pub card: Limits,
+    pub address: Limits,
+    /// Most entries (cards and addresses together) kept.
+    pub max_entries: usize,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            card: Limits::CARD,
+            address: Limits::ADDRESS,
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// The first 16 bytes of the HMAC of the normalized card number.
+    Card([u8; 16]),
+    V4(u32),
+    /// The /64 prefix.
+    V6(u64),
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Failures in the window, oldest first; at most `refuse_after` kept.
+    failures: VecDeque<Instant>,
+    refused_until: Option<Instant>,
+    /// Tries let through and not yet reported.
+    pending: u32,
+    /// When the last try was let through.
+    pending_since: Instant,
+    last_touched: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            failures: VecDeque::new(),
+            refused_until: None,
+            pending: 0,
+            pending_since: now,
+            last_touched: now,
+        }
+    }
+
+    /// Drops what no longer counts at `now`.
+    fn refresh(&mut self, limits: &Limits, now: Instant) {
+        if self.refused_until.is_some_and(|t| t <= now) {
+            self.refused_until = None;
+            self.failures.clear();
+        }
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| t + limits.window <= now)
+        {
+            self.failures.pop_front();
+        }
+        if self.pending > 0 && self.pending_since + PENDING_TTL <= now {
+            self.pending = 0;
+        }
+    }
+
+    /// Whether the entry can no longer affect a decision.
+    fn expired(&self, limits: &Limits, now: Instant) -> bool {
+        let refused = self.refused_until.is_some_and(|t| t > now);
+        let failures = self
+            .failures
+            .back()
+            .is_some_and(|&t| t + limits.window > now);
+        let pending = self.pending > 0 && self.pending_since + PENDING_TTL > now;
+        !(refused || failures || pending)
+    }
+
+    /// `Ok` when a try may start now.
+    fn admits(&self, limits: &Limits, now: Instant) -> Result<(), ThrottleError> {
+        if let Some(until) = self.refused_until {
+            return Err(ThrottleError::Refused {
+                retry_after: until.saturating_duration_since(now),
+            });
+        }
+        let n = self.failures.len();
+        if n + (self.pending as usize) < limits.free_failures as usize {
+            return Ok(());
+        }
+        if self.pending > 0 {
+            // One try at a time once past the free failures.
+            return Err(ThrottleError::Slowed {
+                retry_after: limits.first_delay,
+            });
+        }
+        let Some(&last) = self.failures.back() else {
+            return Ok(());
+        };
+        let wait = (last + limits.delay(n)).saturating_duration_since(now);
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(ThrottleError::Slowed { retry_after: wait })
+        }
+    }
+
+    fn record_failure(&mut self, limits: &Limits, now: Instant) {
+        self.failures.push_back(now);
+        if self.failures.len() >= limits.refuse_after as usize {
+            self.refused_until = Some(now + limits.refusal);
+            self.failures.clear();
+        }
+    }
+
+    fn release_pending(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+}
+
+/// The failed-login throttle; share one per process.
+pub struct Throttle {
+    secret: Hmac<Sha256>,
+    settings: ThrottleSettings,
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+impl fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("settings", &self.settings)
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Throttle {
+    /// `secret` keys the card hashes; 32 random bytes, new each start (the table is in
+    /// memory, so nothing needs to match across restarts).
+    pub fn new(secret: [u8; 32], settings: ThrottleSettings) -> Self {
+        // HMAC takes a key of any length, so this cannot fail; an all-zero key is the
+        // fallback that keeps the type honest without a panic.
+        let secret = Hmac::<Sha256>::new_from_slice(&secret)
+            .unwrap_or_else(|_| Hmac::<Sha256>::new(&Default::default()));
+        Self {
+            secret,
+            settings,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a login with `card` from `ip` may be tried at `now`. On `Ok`, the try counts
+    /// as in progress until reported through `failed`, `succeeded` or `abandoned`.
+    pub fn check(&self, card: &str, ip: IpAddr, now: Instant) -> Result<(), ThrottleError> {
+        let keys = self.keys(card, ip);
+        let mut entries = self.lock();
+        let mut wait: Option<ThrottleError> = None;
+        for (key, limits) in keys {
+            if let Some(entry) = entries.get_mut(&key) {
+                entry.refresh(limits, now);
+                if let Err(e) = entry.admits(limits, now) {
+                    wait = Some(match wait {
+                        Some(w) if w.retry_after() >= e.retry_after() => w,
+                        _ => e,
+                    });
+                }
+            }
+        }
+        if let Some(e) = wait {
+            return Err(e);
+        }
+        for (key, _) in keys {
+            let entry = self.entry(&mut entries, key, now);
+            entry.pending += 1;
+            entry.pending_since = now;
+        }
+        Ok(())
+    }
+
+    /// The card or PIN was wrong.
+    pub fn failed(&self, card: &str, ip: IpAddr, now: Instant) {
+        let keys = self.keys(card, ip);
+        let mut entries = self.lock();
+        for (key, limits) in keys {
+            let entry = self.entry(&mut entries, key, now);
+            entry.refresh(limits, now);
+            entry.release_pending();
+            entry.record_failure(limits, now);
+        }
+    }
+
+    /// The card and PIN were right: the card's counter is cleared, the address's is not.
+    pub fn succeeded(&self, card: &str, ip: IpAddr, now: Instant) {
+        let [(card_key, _), (address_key, _)] = self.keys(card, ip);
+        let mut entries = self.lock();
+        entries.remove(&card_key);
+        if let Some(entry) = entries.get_mut(&address_key) {
+            entry.release_pending();
+            entry.last_touched = now;
+        }
+    }
+
+    /// No answer from the library system: the try did not count.
+    pub fn abandoned(&self, card: &str, ip: IpAddr, now: Instant) {
+        let keys = self.keys(card, ip);
+        let mut entries = self.lock();
+        for (key, _) in keys {
+            if let Some(entry) = entries.get_mut(&key) {
+                entry.release_pending();
+                entry.last_touched = now;
+            }
+        }
+    }
+
+    /// Drops every entry that can no longer affect a decision; for a periodic task.
+    pub fn prune(&self, now: Instant) {
+        let mut entries = self.lock();
+        self.drop_expired(&mut entries, now);
+    }
+
+    /// Entries held now (cards and addresses); for metrics and tests.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn keys(&self, card: &str, ip: IpAddr) -> [(Key, &Limits); 2] {
+        let mut mac = self.secret.clone();
+        mac.update(normalize_card(card).as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut card_key = [0; 16];
+        card_key.copy_from_slice(&digest[..16]);
+        let address = match ip.to_canonical() {
+            IpAddr::V4(v4) => Key::V4(u32::from(v4)),
+            IpAddr::V6(v6) => Key::V6((u128::from(v6) >> 64) as u64),
+        };
+        [
+            (Key::Card(card_key), &self.settings.card),
+            (address, &self.settings.address),
+        ]
+    }
+
+    fn limits(&self, key: &Key) -> &Limits {
+        match key {
+            Key::Card(_) => &self.settings.card,
+            Key::V4(_) | Key::V6(_) => &self.settings.address,
+        }
+    }
+
+    /// The entry for `key`, made room for and created when missing.
+    fn entry<'m>(
+        &self,
+        entries: &'m mut HashMap<Key, Entry>,
+        key: Key,
+        now: Instant,
+    ) -> &'m mut Entry {
+        if !entries.contains_key(&key) && entries.len() >= self.settings.max_entries.max(1) {
+            self.make_room(entries, now);
+        }
+        let entry = entries.entry(key).or_insert_with(|| Entry::new(now));
+        entry.last_touched = now;
+        entry
+    }
+
+    /// Expired entries first; if the table is still full, the longest untouched entries, down
+    /// to nine tenths of the cap. A whole batch at once keeps a flood of new keys from
+    /// costing a scan each.
+    fn make_room(&self, entries: &mut HashMap<Key, Entry>, now: Instant) {
+        self.drop_expired(entries, now);
+        let max = self.settings.max_entries.max(1);
+        if entries.len() < max {
+            return;
+        }
+        let keep = (max - max / 10).min(max - 1);
+        let drop = entries.len() - keep;
+        let mut touched: Vec<Instant> = entries.values().map(|e| e.last_touched).collect();
+        let (_, &mut cutoff, _) = touched.select_nth_unstable(drop - 1);
+        // Everything older than the `drop`th oldest goes, then as many ties as needed.
+        entries.retain(|_, e| e.last_touched >= cutoff);
+        let mut ties = entries.len().saturating_sub(keep);
+        entries.retain(|_, e| {
+            if ties > 0 && e.last_touched == cutoff {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn drop_expired(&self, entries: &mut HashMap<Key, Entry>, now: Instant) {
+        entries.retain(|key, e| !e.expired(self.limits(key), now));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        // The table stays consistent between statements; a panic elsewhere cannot break it.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests;
