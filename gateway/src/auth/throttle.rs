@@ -53,10 +53,10 @@ const PENDING_TTL: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ThrottleError {
     /// Past the free failures: wait before the next try.
-    #[error("too many failed logins; try again in {} seconds", whole_seconds(*retry_after))]
+    #[error("too many failed logins; try again in {}", wait_text(*retry_after))]
     Slowed { retry_after: Duration },
     /// Too many failures in the window: refused for a while.
-    #[error("too many failed logins; try again in {} minutes", whole_seconds(*retry_after).div_ceil(60))]
+    #[error("too many failed logins; try again in {}", wait_text(*retry_after))]
     Refused { retry_after: Duration },
 }
 
@@ -69,8 +69,15 @@ impl ThrottleError {
     }
 }
 
-fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+/// "1 second", "45 seconds", "15 minutes": rounded up, so the patron never comes back early.
+fn wait_text(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let (n, unit) = if secs < 60 {
+        (secs, "second")
+    } else {
+        (secs.div_ceil(60), "minute")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The limits for one kind of key.
