@@ -42,7 +42,10 @@ fn three_failures_are_free_then_delays_double_up_to_a_minute() {
     let mut now = t0 + secs(1);
     for expected in [2, 4, 8, 16] {
         fail(&t, "1234", IP, now);
-        assert_eq!(t.check("1234", IP, now).unwrap_err().retry_after(), secs(expected));
+        assert_eq!(
+            t.check("1234", IP, now).unwrap_err().retry_after(),
+            secs(expected)
+        );
         // Just before the delay is over, still slowed, with the rest to wait.
         let almost = now + secs(expected) - Duration::from_millis(500);
         assert_eq!(
@@ -146,7 +149,9 @@ fn one_address_is_limited_across_many_cards() {
         }
         if n == 11 {
             assert_eq!(
-                t.check("CARD-Y", IP, now - secs(1)).unwrap_err().retry_after(),
+                t.check("CARD-Y", IP, now - secs(1))
+                    .unwrap_err()
+                    .retry_after(),
                 secs(1)
             );
         }
@@ -223,7 +228,12 @@ fn entries_expire_and_the_table_stays_bounded() {
     );
     let t0 = Instant::now();
     for n in 0..20u8 {
-        fail(&t, &format!("C{n}"), IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)), t0);
+        fail(
+            &t,
+            &format!("C{n}"),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
+            t0,
+        );
     }
     assert_eq!(t.len(), 40);
     t.prune(t0 + secs(15 * 60) - Duration::from_millis(1));
@@ -250,7 +260,10 @@ fn entries_expire_and_the_table_stays_bounded() {
     for _ in 0..3 {
         fail(&t, "F0", fresh, now);
     }
-    assert!(t.check("F0", IpAddr::V4(Ipv4Addr::new(192, 0, 2, 201)), now).is_ok());
+    assert!(
+        t.check("F0", IpAddr::V4(Ipv4Addr::new(192, 0, 2, 201)), now)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -266,5 +279,8 @@ fn debug_and_errors_hold_no_card_number() {
     for shown in [format!("{t:?}"), format!("{e:?}"), e.to_string()] {
         assert!(!shown.contains("987654321"), "{shown}");
     }
-    assert_eq!(e.to_string(), "too many failed logins; try again in 2 seconds");
+    assert_eq!(
+        e.to_string(),
+        "too many failed logins; try again in 2 seconds"
+    );
 }
