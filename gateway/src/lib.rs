@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cli;
 pub mod ids;
+pub mod keys;
 pub mod policy;
 pub mod pseudonym;
 pub mod subject;
