@@ -9,3 +9,4 @@ pub mod keys;
 pub mod policy;
 pub mod pseudonym;
 pub mod subject;
+pub mod tls;
