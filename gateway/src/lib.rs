@@ -8,4 +8,7 @@ pub mod ids;
 pub mod keys;
 pub mod policy;
 pub mod pseudonym;
+pub mod session;
+pub mod store;
 pub mod subject;
+pub mod tls;
