@@ -517,18 +517,9 @@ impl<'s> Checker<'s> {
             self.wrong_type(t, key, v, "an integer");
             return None;
         };
+        // `as_str` is already in `from_str_radix` form: no `0x`/`0o`/`0b` prefix.
         let digits = i.as_str().replace('_', "");
-        let parsed = match i.radix() {
-            10 => digits.parse::<i64>().ok(),
-            r => {
-                let (sign, body) = match digits.strip_prefix('-') {
-                    Some(b) => (-1, b),
-                    None => (1, digits.trim_start_matches('+')),
-                };
-                let body = body.get(2..).unwrap_or("");
-                i64::from_str_radix(body, r).ok().map(|n| sign * n)
-            }
-        };
+        let parsed = i64::from_str_radix(&digits, i.radix()).ok();
         match parsed {
             Some(n) if range.contains(&n) => Some((n, loc)),
             _ => {
@@ -539,7 +530,7 @@ impl<'s> Checker<'s> {
                         t.what,
                         range.start,
                         range.end - 1,
-                        i.as_str()
+                        i
                     ),
                 );
                 None
@@ -1617,6 +1608,11 @@ impl<'s> Checker<'s> {
                 _ => "entitlement".into(),
             };
             let svc = service_index.get(&e.service.0).copied();
+            // Counted even when this entitlement has its own errors: the service has one, so
+            // "has no entitlements" would be a second, misleading finding.
+            if let Some(si) = svc {
+                entitled_services[si as usize] = true;
+            }
             if svc.is_none() && report_unknown(&known_services, &e.service.0) {
                 let hint = suggest_owned(&e.service.0, known_services.iter())
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -1669,7 +1665,6 @@ impl<'s> Checker<'s> {
                 continue;
             };
             let service = &services[si as usize];
-            entitled_services[si as usize] = true;
             let location = e.location.unwrap_or(service.location);
             if location == Location::Onsite
                 && let Some(lloc) = e.location_loc.or(Some(loc))
@@ -1905,7 +1900,7 @@ fn parse_date(s: &str) -> Option<Date> {
 }
 
 /// `"90s"`, `"30m"`, `"8h"`, `"2d"`; a positive whole number and one unit.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let unit_at = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(unit_at);
