@@ -2,6 +2,9 @@
 //! institutions, 150 services, 50 000 entitlements). Targets: at least 1 000 000 decisions
 //! a second on one core, and loading in under a second. Figures go in the README.
 
+// A benchmark that cannot set itself up should stop loudly, like a test.
+#![expect(clippy::expect_used, reason = "benchmark setup, like a test")]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 

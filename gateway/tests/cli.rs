@@ -1,0 +1,290 @@
+//! The offline commands as an operator runs them: `portvakt check-policy` and
+//! `portvakt decide`, through the real binary, checking stdout, stderr and exit codes.
+
+// Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
+#![cfg(test)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn portvakt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(args)
+        .output()
+        .expect("portvakt runs")
+}
+
+fn demo_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn decide(extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let policy = demo_policy();
+    let mut args = vec!["decide", "--policy", policy.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = portvakt(&args);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+    let json = serde_json::from_str(&stdout).expect("valid JSON");
+    (out.status.code().unwrap(), json, text(&out.stderr))
+}
+
+#[test]
+fn the_demo_policy_checks_clean() {
+    let out = portvakt(&["check-policy", demo_policy().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("ok: ")
+            && stdout.contains(" institutions, ")
+            && stdout.ends_with(" entitlements\n"),
+        "{stdout}"
+    );
+    assert_eq!(text(&out.stderr), "", "no warnings in the demo policy");
+}
+
+#[test]
+fn a_broken_policy_lists_every_error_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[[institution]]\nid = \"NO-2390700\"\nname = \"Sandefjord\"\nkind = \"library\"\n\n\
+         [[service]]\nid = \"filmbib\"\nname = \"Filmbib\"\naccess = \"link\"\nmin_age = 18\nmax_age = 15\n\
+         [service.link]\nurl = \"https://film.example/\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[[entitlement]]\ninstitution = \"NO-2390700\"\nservice = \"filmbob\"\nfrom = 2025-01-01\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a policy file").unwrap();
+    let out = portvakt(&["check-policy", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let a = dir.path().join("a.toml").display().to_string();
+    let b = dir.path().join("b.toml").display().to_string();
+    assert_eq!(
+        lines,
+        vec![
+            format!(
+                "{a}:4:8: error: institution \"NO-2390700\": \"kind\" must be one of \"public_library\", \"county_library\", \"school\" or \"other\", found \"library\""
+            ),
+            format!(
+                "{a}:6:1: warning: service \"filmbib\" has no entitlements, so nobody can use it"
+            ),
+            format!("{a}:11:11: error: service \"filmbib\": min_age 18 > max_age 15"),
+            format!(
+                "{b}:3:11: error: entitlement NO-2390700 → filmbob: unknown service \"filmbob\" (did you mean \"filmbib\"?)"
+            ),
+            "3 errors".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn unreadable_policies_say_so_in_one_line() {
+    let out = portvakt(&["check-policy", "/nonexistent/policy"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("/nonexistent/policy: error: cannot read the policy directory"),
+        "{stderr}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = portvakt(&["check-policy", empty.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no policy files"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.toml"), b"id = \"\xff\"\n").unwrap();
+    std::fs::write(dir.path().join("y.toml"), "[[service]\n").unwrap();
+    let out = portvakt(&["check-policy", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].contains("x.toml:1:7: error: the file is not UTF-8"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("y.toml:1:") && lines[1].contains("error: invalid TOML"),
+        "{stderr}"
+    );
+    assert_eq!(lines[2], "2 errors");
+}
+
+#[test]
+fn decide_permits_with_exit_0_and_the_release() {
+    let (code, json, _) = decide(&[
+        "--service",
+        "avis",
+        "--institution",
+        "NO-2390700",
+        "--at",
+        "2026-06-01",
+    ]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["decision"], "permit");
+    assert_eq!(json["service"], "avis");
+    assert_eq!(json["institution"], "NO-2390700");
+    assert_eq!(json["onsite"], false);
+    assert_eq!(json["release"]["institution"], "NO-2390700");
+}
+
+#[test]
+fn decide_denies_with_exit_2_reason_and_message() {
+    let (code, json, _) = decide(&[
+        "--service",
+        "filmbib-18",
+        "--institution",
+        "NO-2390500",
+        "--birth-date",
+        "2010-05-01",
+        "--at",
+        "2026-06-01",
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["reason"], "age_below_min");
+    assert!(json["message"].as_str().unwrap().contains("aldersgrense"));
+
+    let (code, json, _) = decide(&["--service", "no-such-service"]);
+    assert_eq!(
+        (code, json["reason"].as_str()),
+        (2, Some("unknown_service"))
+    );
+}
+
+#[test]
+fn decide_walk_in_on_site_network() {
+    // Sandefjord's network is 192.0.2.64/28 and it allows walk-ins.
+    let (code, json, _) = decide(&[
+        "--service",
+        "rettskilden",
+        "--affiliation",
+        "walk_in",
+        "--ip",
+        "192.0.2.70",
+        "--at",
+        "2026-06-01",
+    ]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["onsite"], true);
+    let (code, json, _) = decide(&[
+        "--service",
+        "rettskilden",
+        "--affiliation",
+        "walk_in",
+        "--ip",
+        "203.0.113.200",
+        "--at",
+        "2026-06-01",
+    ]);
+    assert_eq!((code, json["reason"].as_str()), (2, Some("not_subscribed")));
+}
+
+#[test]
+fn decide_shows_the_published_pseudonym() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pseudonym.key");
+    std::fs::write(&key, (0u8..32).collect::<Vec<u8>>()).unwrap();
+    // ebok releases the pseudonym; its sector is its id.
+    let (code, json, stderr) = decide(&[
+        "--service",
+        "ebok",
+        "--institution",
+        "NO-2390700",
+        "--at",
+        "2026-06-01",
+        "--subject",
+        "card:NO-2390700:12345678",
+        "--pseudonym-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{json} {stderr}");
+    assert_eq!(
+        json["release"]["pseudonym"],
+        "wsjo7zg7ncm2hv5g3637l5tuh4p5yvwu"
+    );
+
+    std::fs::write(&key, b"too short").unwrap();
+    let policy = demo_policy();
+    let out = portvakt(&[
+        "decide",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--service",
+        "ebok",
+        "--subject",
+        "x",
+        "--pseudonym-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("at least 32"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_mistakes_are_one_line_and_exit_1() {
+    for args in [
+        vec!["decide", "--policy", "policy"],
+        vec![
+            "decide",
+            "--policy",
+            "policy",
+            "--service",
+            "x",
+            "--affiliation",
+            "king",
+        ],
+        vec![
+            "decide",
+            "--policy",
+            "policy",
+            "--service",
+            "x",
+            "--birth-date",
+            "2001-01-01",
+            "--birth-year",
+            "2001",
+        ],
+        vec!["frobnicate"],
+    ] {
+        let out = portvakt(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+    let policy = demo_policy();
+    for bad in [
+        ["--ip", "1.2.3"],
+        ["--at", "yesterday"],
+        ["--birth-date", "2001-13-01"],
+    ] {
+        let mut args = vec![
+            "decide",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--service",
+            "avis",
+        ];
+        args.extend_from_slice(&bad);
+        let out = portvakt(&args);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert_eq!(text(&out.stderr).lines().count(), 1);
+    }
+}
