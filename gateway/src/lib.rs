@@ -2,13 +2,22 @@
 //! institution pays for. The library holds the policy engine and the gateway; the
 //! `portvakt` binary in `main.rs` wires them to the command line.
 
+pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod ids;
 pub mod keys;
+pub mod launch;
+pub mod pages;
+pub mod pipeline;
 pub mod policy;
 pub mod pseudonym;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod subject;
+pub mod telemetry;
 pub mod tls;

@@ -23,6 +23,30 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything on loopback in one process: the gateway on the demo policy, a demo
+    /// library system speaking SIP2, demo cards. Prints what to open.
+    Demo {
+        /// Port of the public listener (127.0.0.1).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Port of the admin listener (127.0.0.1).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// The policy directory to run on.
+        #[arg(long, value_name = "DIR", default_value = "policy")]
+        policy: PathBuf,
+    },
+    /// The gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, value_name = "FILE", default_value = "portvakt.toml")]
+        config: PathBuf,
+    },
+    /// Key material.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Validate a policy directory: a summary, or every error with file:line:col.
     CheckPolicy {
         /// The policy directory (every *.toml file directly in it).
@@ -58,6 +82,16 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Creates the pseudonym key, session key, and the signing key and certificate for
+    /// SAML and OIDC, with file modes 0600.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
 fn parse_affiliation(s: &str) -> Result<Affiliation, String> {
     Affiliation::parse(s).ok_or_else(|| "use patron, student, staff or walk_in".to_owned())
 }
@@ -69,6 +103,31 @@ fn main() -> ExitCode {
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let code = match args.command {
+        Command::Demo {
+            port,
+            admin_port,
+            policy,
+        } => run_async(gateway::launch::demo(port, admin_port, policy)),
+        Command::Serve { config } => run_async(gateway::launch::serve(config)),
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => match gateway::keys::generate(&out) {
+            Ok(made) => {
+                for (what, path) in [
+                    ("pseudonym key", &made.pseudonym_key),
+                    ("session key", &made.session_key),
+                    ("signing key", &made.signing_key),
+                    ("signing certificate", &made.signing_cert),
+                ] {
+                    println!("{what}: {}", path.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
         Command::CheckPolicy { dir } => cli::check_policy(&dir, &mut out, &mut err),
         Command::Decide {
             policy,
@@ -99,6 +158,32 @@ fn main() -> ExitCode {
         ),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs a server command on a multi-threaded runtime; its error is one line on stderr.
+fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) if e.contains(": error: ") => {
+            // Already in `FILE:LINE:COL: error: …` form, one line per mistake.
+            eprintln!("{e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// Help and version go to stdout with exit 0; anything else is one line on stderr, exit 1.

@@ -1,0 +1,69 @@
+//! The admin listener: health, readiness, metrics and policy reload. It is bound to its
+//! own address (loopback by default) and never answers on the public listener.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::app::App;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
+        .with_state(app)
+}
+
+/// Ready when a policy is loaded (always, once running) and the store answers.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store is not answering: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `POST /reload`: 200 and the summary (and warnings), or 422 with every error while
+/// the previous policy stays in force.
+async fn reload(State(app): State<Arc<App>>) -> Response {
+    let result = tokio::task::spawn_blocking({
+        let app = app.clone();
+        move || app.reload()
+    })
+    .await;
+    match result {
+        Ok(Ok(warnings)) => {
+            let mut body = format!("ok: {}\n", app.policy().summary());
+            for w in warnings {
+                body.push_str(&format!("{w}\n"));
+            }
+            (StatusCode::OK, body).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}\nthe previous policy stays in force\n"),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload failed\n").into_response(),
+    }
+}

@@ -1,0 +1,233 @@
+//! The running gateway's shared state: the current policy (swapped whole on reload), the
+//! store, the card backends, keys, throttle and metrics. One `Arc<App>` is shared by every
+//! connection; nothing in it is per request.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hmac::{Hmac, KeyInit, Mac};
+use ipnet::IpNet;
+use sha2::Sha256;
+
+use crate::auth::library_card::PatronVerifier;
+use crate::auth::throttle::Throttle;
+use crate::config::Scheme;
+use crate::policy::{self, Diagnostic, LoadError, Policy};
+use crate::pseudonym::PseudonymKey;
+use crate::store::{Clock, Store};
+use crate::telemetry::{self, Metrics};
+
+/// Everything a request handler may need.
+pub struct App {
+    policy: ArcSwap<Policy>,
+    pub policy_dir: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Institution reference (id, number or alias, as configured) → its card backend.
+    pub verifiers: HashMap<String, Arc<dyn PatronVerifier>>,
+    pub throttle: Throttle,
+    pub pseudonym_key: PseudonymKey,
+    /// Keys the CSRF tokens of the login form (before there is a session).
+    csrf_key: Hmac<Sha256>,
+    /// `bib.example.no` or `bib.localhost:8080`, lower case.
+    pub public_host: String,
+    pub public_scheme: Scheme,
+    /// Cookies get `Secure` and the `__Host-` prefix when pages are served over https.
+    pub secure_cookies: bool,
+    pub session_ttl: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("public_host", &self.public_host)
+            .field("policy_dir", &self.policy_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `App::new` needs besides the policy.
+pub struct AppParts {
+    pub policy: Policy,
+    pub policy_dir: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub verifiers: HashMap<String, Arc<dyn PatronVerifier>>,
+    pub pseudonym_key: PseudonymKey,
+    /// Secret for CSRF tokens and the throttle's keyed hashes.
+    pub session_key: [u8; 32],
+    pub public_host: String,
+    pub public_scheme: Scheme,
+    pub session_ttl: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl std::fmt::Debug for AppParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppParts")
+            .field("public_host", &self.public_host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(parts: AppParts) -> Result<Arc<App>, String> {
+        let csrf_key = Hmac::<Sha256>::new_from_slice(&parts.session_key)
+            .map_err(|_| "the session key cannot key an HMAC".to_owned())?;
+        let metrics = Metrics::default();
+        record_policy(&metrics, &parts.policy);
+        Ok(Arc::new(App {
+            policy: ArcSwap::from_pointee(parts.policy),
+            policy_dir: parts.policy_dir,
+            store: parts.store,
+            clock: parts.clock,
+            verifiers: parts.verifiers,
+            throttle: Throttle::new(parts.session_key, Default::default()),
+            pseudonym_key: parts.pseudonym_key,
+            csrf_key,
+            public_host: parts.public_host.to_ascii_lowercase(),
+            secure_cookies: parts.public_scheme == Scheme::Https,
+            public_scheme: parts.public_scheme,
+            session_ttl: parts.session_ttl,
+            trusted_proxies: parts.trusted_proxies,
+            metrics,
+        }))
+    }
+
+    /// The current policy. Cheap; a request keeps the one it started with.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Reads the policy directory again. A broken policy leaves the running one in place
+    /// and returns every error; a good one replaces it whole.
+    pub fn reload(&self) -> Result<Vec<Diagnostic>, LoadError> {
+        match policy::load_dir(&self.policy_dir) {
+            Ok((new, warnings)) => {
+                record_policy(&self.metrics, &new);
+                self.policy.store(Arc::new(new));
+                self.metrics
+                    .inc(telemetry::POLICY_RELOADS, &[("result", "ok")]);
+                tracing::info!(summary = %self.policy().summary(), "policy reloaded");
+                Ok(warnings)
+            }
+            Err(e) => {
+                self.metrics
+                    .inc(telemetry::POLICY_RELOADS, &[("result", "error")]);
+                tracing::error!(
+                    errors = e.error_count(),
+                    "policy reload refused; the previous policy stays in force:\n{e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The card backend for an institution the patron chose (by its policy id).
+    pub fn verifier_for(
+        &self,
+        policy: &Policy,
+        institution: &str,
+    ) -> Option<&Arc<dyn PatronVerifier>> {
+        let inst = policy.institution(institution)?;
+        self.verifiers.iter().find_map(|(reference, v)| {
+            policy
+                .institution(reference)
+                .is_some_and(|i| i.id == inst.id)
+                .then_some(v)
+        })
+    }
+
+    /// A CSRF token for a login form, bound to the browser's login cookie value.
+    pub fn login_csrf(&self, nonce: &str) -> String {
+        let mut mac = self.csrf_key.clone();
+        mac.update(b"portvakt-login-csrf\0");
+        mac.update(nonce.as_bytes());
+        data_encoding::BASE64URL_NOPAD.encode(&mac.finalize().into_bytes())
+    }
+
+    pub fn check_login_csrf(&self, nonce: &str, token: &str) -> bool {
+        let mut mac = self.csrf_key.clone();
+        mac.update(b"portvakt-login-csrf\0");
+        mac.update(nonce.as_bytes());
+        match data_encoding::BASE64URL_NOPAD.decode(token.as_bytes()) {
+            Ok(tag) => mac.verify_slice(&tag).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy, in which case
+    /// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut hops: Vec<IpAddr> = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            let Ok(v) = value.to_str() else {
+                return peer;
+            };
+            for part in v.split(',') {
+                match parse_hop(part.trim()) {
+                    Some(ip) => hops.push(canonical(ip)),
+                    // A garbled chain cannot be trusted past this point.
+                    None => return peer,
+                }
+            }
+        }
+        hops.into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Absolute URL on the public host.
+    pub fn public_url(&self, path: &str) -> String {
+        format!(
+            "{}://{}{path}",
+            self.public_scheme.as_str(),
+            self.public_host
+        )
+    }
+}
+
+fn record_policy(metrics: &Metrics, policy: &Policy) {
+    let s = policy.summary();
+    metrics.set("portvakt_policy_institutions", &[], s.institutions as f64);
+    metrics.set("portvakt_policy_services", &[], s.services as f64);
+    metrics.set("portvakt_policy_entitlements", &[], s.entitlements as f64);
+    let now = jiff::Timestamp::now().as_second() as f64;
+    metrics.set(telemetry::POLICY_LOADED, &[], now);
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are the IPv4 client.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port or in brackets.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .and_then(|a| a.parse().ok())
+}

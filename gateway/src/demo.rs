@@ -1,0 +1,245 @@
+//! `portvakt demo`: everything on loopback in one process, with no files needed — the
+//! gateway on the bundled demo policy, a demo library system speaking real SIP2 over
+//! loopback, and demo cards covering the interesting cases. It prints what to open.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use jiff::ToSpan;
+use jiff::civil::Date;
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppParts};
+use crate::auth::library_card::sip2::codec::Encoding;
+use crate::auth::library_card::sip2::server::{DemoAcsOptions, DemoPatron, serve as serve_acs};
+use crate::auth::library_card::{FileCardBackend, build};
+use crate::config::Scheme;
+use crate::policy;
+use crate::pseudonym::PseudonymKey;
+
+/// The demo's fixed pseudonym key. Never use it for real: anyone can compute the
+/// pseudonyms it gives.
+pub const DEMO_PSEUDONYM_KEY: &[u8; 32] = b"portvakt-demo-key-NOT-FOR-USE!!!";
+
+/// A demo card: what to type, and what it shows.
+#[derive(Debug)]
+pub struct DemoCard {
+    pub library: &'static str,
+    pub card: &'static str,
+    pub pin: &'static str,
+    pub shows: &'static str,
+    patron: DemoPatron,
+}
+
+/// The demo cards, with ages counted back from `today` so a 14-year-old stays 14.
+pub fn demo_cards(today: Date) -> Vec<DemoCard> {
+    let born = |years: i64, days: i64| {
+        today
+            .checked_sub(years.years())
+            .and_then(|d| d.checked_sub(days.days()))
+            .ok()
+    };
+    let patron = |card: &str, pin: &str, name: &str, birth: Option<Date>, home: &str| DemoPatron {
+        card: card.into(),
+        pin: pin.into(),
+        name: name.into(),
+        birth_date: birth,
+        home_library: Some(home.into()),
+        blocked: false,
+        lost: false,
+    };
+    vec![
+        DemoCard {
+            library: "Sandefjordbiblioteket",
+            card: "10000001",
+            pin: "1234",
+            shows: "voksen låner / adult patron: e-bøker, avis, film 15 og 18",
+            patron: patron(
+                "10000001",
+                "1234",
+                "Kari Nordmann",
+                born(41, 20),
+                "sandefjord-bib",
+            ),
+        },
+        DemoCard {
+            library: "Tønsberg bibliotek",
+            card: "10000002",
+            pin: "2345",
+            shows: "14 år / 14 years: nektes film 15 og 18 (age_below_min)",
+            patron: patron(
+                "10000002",
+                "2345",
+                "Ola Nordmann",
+                born(14, 30),
+                "NO-2390500",
+            ),
+        },
+        DemoCard {
+            library: "Tønsberg bibliotek",
+            card: "10000003",
+            pin: "3456",
+            shows: "17 år / 17 years: film 15 ja, film 18 nei",
+            patron: patron("10000003", "3456", "Nora Hansen", born(17, 60), "2390500"),
+        },
+        DemoCard {
+            library: "Horten bibliotek",
+            card: "10000004",
+            pin: "4567",
+            shows: "sperret kort / blocked card",
+            patron: DemoPatron {
+                blocked: true,
+                ..patron("10000004", "4567", "Per Blokk", born(35, 0), "horten-bib")
+            },
+        },
+        DemoCard {
+            library: "Horten bibliotek",
+            card: "10000005",
+            pin: "5678",
+            shows: "låner i Horten / Horten patron: film 18-avtalen er utløpt (outside_period)",
+            patron: patron(
+                "10000005",
+                "5678",
+                "Åse Horten",
+                born(52, 100),
+                "horten-bib",
+            ),
+        },
+        DemoCard {
+            library: "Sandefjordbiblioteket",
+            card: "N000000042",
+            pin: "9999",
+            shows: "nasjonalt lånekort fra et annet bibliotek (Oslo) / national card of another library",
+            patron: patron(
+                "N000000042",
+                "9999",
+                "Ingrid Oslo",
+                born(30, 5),
+                "NO-2030100",
+            ),
+        },
+    ]
+}
+
+/// Where the demo listens.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+}
+
+/// Starts the demo and returns the running gateway and the cards.
+pub async fn start(
+    opts: DemoOptions,
+    policy_dir: PathBuf,
+) -> Result<(crate::server::Running, Vec<DemoCard>, String), String> {
+    let (policy, _warnings) = policy::load_dir(&policy_dir).map_err(|e| {
+        format!(
+            "the demo policy in {} does not load:\n{e}",
+            policy_dir.display()
+        )
+    })?;
+
+    let today = policy::oslo_today(jiff::Timestamp::now());
+    let cards = demo_cards(today);
+    let acs = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the demo library system: {e}"))?;
+    let acs_addr = acs
+        .local_addr()
+        .map_err(|e| format!("cannot start the demo library system: {e}"))?;
+    let patrons = cards.iter().map(|c| c.patron.clone()).collect();
+    tokio::spawn(async move {
+        let _ = serve_acs(
+            acs,
+            patrons,
+            DemoAcsOptions {
+                institution_id: "VESTFOLD".into(),
+                login: None,
+                encoding: Encoding::Utf8,
+            },
+        )
+        .await;
+    });
+
+    // One library system for the whole county, as a consortium shares one.
+    let libraries: Vec<String> = policy
+        .institutions()
+        .iter()
+        .filter(|i| !matches!(i.kind, crate::policy::InstitutionKind::School))
+        .map(|i| i.id.to_string())
+        .collect();
+    let backend = FileCardBackend {
+        kind: "sip2".into(),
+        institutions: libraries.clone(),
+        addr: Some(acs_addr.to_string()),
+        institution_id: Some("VESTFOLD".into()),
+        ..FileCardBackend::default()
+    };
+    let verifier = build(&backend, &policy_dir).map_err(|e| e.join("; "))?;
+    let verifiers: HashMap<String, _> = libraries
+        .into_iter()
+        .map(|l| (l, verifier.clone()))
+        .collect();
+
+    let public = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e} (try --port)", opts.listen))?;
+    let admin = TcpListener::bind(opts.admin_listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (try --admin-port)",
+            opts.admin_listen
+        )
+    })?;
+    let port = public.local_addr().map_err(|e| e.to_string())?.port();
+    let public_host = format!("bib.localhost:{port}");
+
+    let mut session_key = [0u8; 32];
+    getrandom::fill(&mut session_key).map_err(|e| format!("no randomness: {e}"))?;
+    let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
+    let app = App::new(AppParts {
+        policy,
+        policy_dir,
+        store: crate::launch::memory_store(&clock),
+        clock,
+        verifiers,
+        pseudonym_key: PseudonymKey::new(DEMO_PSEUDONYM_KEY).map_err(|e| e.to_string())?,
+        session_key,
+        public_host: public_host.clone(),
+        public_scheme: Scheme::Http,
+        session_ttl: std::time::Duration::from_secs(8 * 3600),
+        trusted_proxies: Vec::new(),
+    })?;
+    let running = crate::server::start(app, public, admin, None).map_err(|e| e.to_string())?;
+    Ok((running, cards, public_host))
+}
+
+/// The text `portvakt demo` prints.
+pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> String {
+    let mut s = String::new();
+    s.push_str("Portvakt demo — alt kjører lokalt / everything runs on loopback\n\n");
+    s.push_str(
+        "MERK / NOTE: the demo uses a fixed, public pseudonym key. Never use it for real.\n\n",
+    );
+    s.push_str(&format!("  Start page:   http://{public_host}/\n"));
+    s.push_str(&format!(
+        "  Entry links:  http://{public_host}/go/lokalhistorie   (link)\n"
+    ));
+    s.push_str(&format!(
+        "                http://{public_host}/go/filmbib-18      (age limit 18)\n"
+    ));
+    s.push_str(&format!("  Admin:        http://{admin}/metrics   http://{admin}/readyz   POST http://{admin}/reload\n"));
+    s.push_str("  (*.localhost resolves to 127.0.0.1 in browsers and curl.)\n\n");
+    s.push_str("  Demo cards (library — card / PIN — what it shows):\n");
+    for c in cards {
+        s.push_str(&format!(
+            "    {:<22} {:<11} / {}   {}\n",
+            c.library, c.card, c.pin, c.shows
+        ));
+    }
+    s.push_str("\n  Try a wrong PIN too. Walk-in and on-site access: `portvakt decide --ip 192.0.2.70 ...`\n");
+    s.push_str("  Stop with Ctrl-C.\n");
+    s
+}

@@ -1,0 +1,135 @@
+//! Starting the gateway: `serve` (config file → keys → policy → store → card backends →
+//! listeners) and `demo` (all of it built in code, on loopback).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppParts};
+use crate::config::{Config, StoreBackend};
+use crate::pseudonym::PseudonymKey;
+use crate::store::{Clock, SystemClock};
+
+/// `portvakt serve`.
+pub async fn serve(config_path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    crate::telemetry::init(config.log_format);
+    let app = build_app(&config)?;
+    for section in &config.not_yet_supported {
+        tracing::warn!(
+            section,
+            "this section is read but not acted on by this version"
+        );
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let public = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;
+    let running =
+        crate::server::start(app.clone(), public, admin, tls).map_err(|e| e.to_string())?;
+    tracing::info!(
+        public = %running.public_addr,
+        admin = %running.admin_addr,
+        host = %app.public_host,
+        policy = %app.policy().summary(),
+        "portvakt is serving"
+    );
+    crate::server::run_until(running, crate::server::termination()).await;
+    Ok(())
+}
+
+/// The shared state from a checked config.
+pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
+    let key = crate::keys::read_key_file(
+        "pseudonym key",
+        &config.pseudonym_key_file,
+        crate::pseudonym::MIN_KEY_BYTES,
+    )
+    .map_err(|e| e.to_string())?;
+    let pseudonym_key = PseudonymKey::new(&key).map_err(|e| e.to_string())?;
+    let session_key = match &config.session_key_file {
+        Some(path) => {
+            let bytes =
+                crate::keys::read_key_file("session key", path, 32).map_err(|e| e.to_string())?;
+            let mut k = [0u8; 32];
+            // A longer key is folded in through SHA-256 rather than cut.
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+            k.copy_from_slice(&digest);
+            k
+        }
+        None => {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|e| format!("no randomness: {e}"))?;
+            k
+        }
+    };
+    let (policy, warnings) = crate::policy::load_dir(&config.policy_dir).map_err(|e| {
+        format!(
+            "the policy in {} does not load; the gateway will not start on a broken policy:\n{e}",
+            config.policy_dir.display()
+        )
+    })?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if let StoreBackend::Redis { .. } = config.store {
+        return Err(
+            "[store] backend = \"redis\" is not available in this version; use \"memory\"".into(),
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let built = crate::auth::library_card::build_all(&config.card_backends, &config.base_dir)
+        .map_err(|e| e.join("\n"))?;
+    let mut verifiers = HashMap::new();
+    for backend in built {
+        let verifier = backend.verifier;
+        for i in backend.institutions {
+            if policy.institution(&i).is_none() {
+                tracing::warn!(institution = %i, "a card backend serves an institution that is not in the policy");
+            }
+            verifiers.insert(i, verifier.clone());
+        }
+    }
+    App::new(AppParts {
+        policy,
+        policy_dir: config.policy_dir.clone(),
+        store: memory_store(&clock),
+        clock,
+        verifiers,
+        pseudonym_key,
+        session_key,
+        public_host: config.public_host.clone(),
+        public_scheme: config.public_scheme,
+        session_ttl: config.session_ttl,
+        trusted_proxies: config.trusted_proxies.clone(),
+    })
+}
+
+/// The memory store, swept every minute so expired sessions do not pile up.
+pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn crate::store::Store> {
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    store.spawn_sweeper(clock.clone(), std::time::Duration::from_secs(60));
+    store
+}
+
+/// `portvakt demo`.
+pub async fn demo(port: u16, admin_port: u16, policy: PathBuf) -> Result<(), String> {
+    crate::telemetry::init(crate::config::LogFormat::Text);
+    let opts = crate::demo::DemoOptions {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        admin_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
+    };
+    let (running, cards, host) = crate::demo::start(opts, policy).await?;
+    println!("{}", crate::demo::banner(&host, running.admin_addr, &cards));
+    crate::server::run_until(running, crate::server::termination()).await;
+    Ok(())
+}

@@ -1,0 +1,819 @@
+//! The public request path, phase by phase: client address → session → decision →
+//! access mode → counting. Handlers here are the patron's pages: the start page, login and
+//! logout, and the entry link `/go/{service}`.
+//!
+//! Every redirect the gateway builds from request input is relative and built from checked
+//! parts (a service slug, a path starting with a single `/`), so there is no open redirect.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::auth::library_card::CardOutcome;
+use crate::ids::InstitutionId;
+use crate::pages::{self, LoginPage, MessagePage, ServiceLink, StartPage, Texts};
+use crate::policy::{Access, Decision, DenyReason, Policy};
+use crate::session::{LoginMethod, SessionData, SessionId};
+use crate::subject::{Affiliation, Subject, card_subject_key};
+use crate::telemetry::{self, log_ip};
+
+/// The peer address of the connection, put in each request's extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Largest login form accepted (a library id, a card number, a PIN, a token).
+const FORM_LIMIT: usize = 16 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(start))
+        .route("/login", get(login_form).post(login_submit))
+        .route("/logout", post(logout))
+        .route("/go/{service}", get(go))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
+        .with_state(app)
+}
+
+/// Names of the cookies; `__Host-` (Secure, no Domain, Path=/) when served over https.
+fn session_cookie(app: &App) -> &'static str {
+    if app.secure_cookies {
+        "__Host-portvakt"
+    } else {
+        "portvakt"
+    }
+}
+
+fn login_cookie(app: &App) -> &'static str {
+    if app.secure_cookies {
+        "__Host-portvakt-login"
+    } else {
+        "portvakt-login"
+    }
+}
+
+fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if app.secure_cookies {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The session of this request, if its cookie names a live one. A malformed id is
+/// refused before any store lookup.
+async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
+    let id = SessionId::parse(cookie(headers, session_cookie(app))?).ok()?;
+    match app.store.get_session(&id, app.clock.now()).await {
+        Ok(Some(data)) => Some((id, data)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the session store is not answering");
+            None
+        }
+    }
+}
+
+fn client_ip(app: &App, peer: Peer, headers: &HeaderMap) -> IpAddr {
+    app.client_ip(peer.0.ip(), headers)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LangQuery {
+    lang: Option<String>,
+}
+
+fn other_lang_href(t: &Texts, base: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}lang={}", t.other_lang)
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn message(
+    t: &'static Texts,
+    status: StatusCode,
+    heading: &str,
+    text: &str,
+    action: Option<(&str, &str)>,
+) -> Response {
+    let page = MessagePage {
+        t,
+        other_lang_href: other_lang_href(t, ""),
+        heading,
+        message: text,
+        class: if status.is_success() { "note" } else { "alert" },
+        action_href: action.map(|a| a.0),
+        action_label: action.map_or("", |a| a.1),
+    };
+    html(status, pages::render(&page))
+}
+
+fn see_other(location: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_owned())],
+    )
+        .into_response()
+}
+
+async fn not_found(headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
+    let t = pages::language(&headers, q.lang.as_deref());
+    message(
+        t,
+        StatusCode::NOT_FOUND,
+        t.not_found_title,
+        t.not_found,
+        None,
+    )
+}
+
+/// A subject from a session.
+fn subject_of(data: &SessionData) -> Subject {
+    data.subject()
+}
+
+/// The services a subject may use now, in name order.
+fn usable_services(policy: &Policy, subject: &Subject, ip: IpAddr) -> Vec<ServiceLink> {
+    let now = jiff::Timestamp::now();
+    let mut list: Vec<ServiceLink> = policy
+        .services()
+        .iter()
+        .filter(|s| {
+            crate::policy::decide(policy, subject, s.id.as_str(), Some(ip), now).is_permit()
+        })
+        .map(|s| ServiceLink {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            vendor: s.vendor.clone(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+
+/// `GET /`: the services this patron can use, or a login button.
+async fn start(
+    State(app): State<Arc<App>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<LangQuery>,
+) -> Response {
+    let t = pages::language(&headers, q.lang.as_deref());
+    let policy = app.policy();
+    let ip = client_ip(&app, peer, &headers);
+    let (who, services, logged_in, csrf) = match session(&app, &headers).await {
+        Some((_, data)) => {
+            let subject = subject_of(&data);
+            let home = subject
+                .institutions
+                .first()
+                .and_then(|i| policy.institution(i.as_str()))
+                .map_or_else(String::new, |i| i.name.clone());
+            (
+                Some(format!("{} {home}.", t.logged_in_as_patron)),
+                usable_services(&policy, &subject, ip),
+                true,
+                data.csrf.clone(),
+            )
+        }
+        None => {
+            let walk_in = policy
+                .onsite_institution(ip)
+                .filter(|i| i.walk_in)
+                .is_some();
+            let services = if walk_in {
+                usable_services(&policy, &Subject::walk_in(), ip)
+            } else {
+                Vec::new()
+            };
+            if services.is_empty() {
+                (None, services, false, String::new())
+            } else {
+                (
+                    Some(t.walk_in_here.to_owned()),
+                    services,
+                    false,
+                    String::new(),
+                )
+            }
+        }
+    };
+    let page = StartPage {
+        t,
+        other_lang_href: other_lang_href(t, "/"),
+        who,
+        services,
+        logged_in,
+        csrf: &csrf,
+    };
+    html(StatusCode::OK, pages::render(&page))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginQuery {
+    service: Option<String>,
+    path: Option<String>,
+    lang: Option<String>,
+}
+
+/// Only a service slug may travel through the login form; anything else is dropped.
+fn clean_service(s: Option<&str>) -> Option<String> {
+    s.filter(|s| {
+        !s.is_empty()
+            && s.len() <= 40
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+    .map(str::to_owned)
+}
+
+/// A deep-link path: starts with exactly one `/`, no backslash, no control characters.
+fn clean_path(p: Option<&str>) -> Option<String> {
+    p.filter(|p| {
+        p.starts_with('/')
+            && !p.starts_with("//")
+            && !p.contains('\\')
+            && !p.chars().any(char::is_control)
+            && p.len() <= 2048
+    })
+    .map(str::to_owned)
+}
+
+fn go_location(service: &str, path: Option<&str>) -> String {
+    match path {
+        Some(p) => format!(
+            "/go/{service}?{}",
+            serde_urlencoded::to_string([("path", p)]).unwrap_or_default()
+        ),
+        None => format!("/go/{service}"),
+    }
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 24];
+    // Without randomness there can be no safe token; an all-zero nonce would still be
+    // unguessable to nobody, so fail the request instead (see login_form).
+    if getrandom::fill(&mut b).is_err() {
+        return String::new();
+    }
+    data_encoding::BASE64URL_NOPAD.encode(&b)
+}
+
+fn libraries(app: &App, policy: &Policy) -> Vec<(String, String)> {
+    let mut libs: Vec<(String, String)> = policy
+        .institutions()
+        .iter()
+        .filter(|i| app.verifier_for(policy, i.id.as_str()).is_some())
+        .map(|i| (i.id.to_string(), i.name.clone()))
+        .collect();
+    libs.sort_by(|a, b| a.1.cmp(&b.1));
+    libs
+}
+
+struct LoginRender<'a> {
+    t: &'static Texts,
+    status: StatusCode,
+    service: Option<&'a str>,
+    path: Option<&'a str>,
+    error: Option<&'a str>,
+    selected: &'a str,
+    retry_after: Option<u64>,
+}
+
+/// The login form with a fresh CSRF nonce cookie.
+fn login_page(app: &App, policy: &Policy, r: LoginRender<'_>) -> Response {
+    let nonce = random_token();
+    if nonce.is_empty() {
+        return message(
+            r.t,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r.t.error_title,
+            r.t.backend_down,
+            None,
+        );
+    }
+    let csrf = app.login_csrf(&nonce);
+    let service_name = r
+        .service
+        .and_then(|s| policy.service(s))
+        .map(|s| s.name.clone());
+    let base = match r.service {
+        Some(s) => format!("/login?service={s}"),
+        None => "/login".to_owned(),
+    };
+    let page = LoginPage {
+        t: r.t,
+        other_lang_href: other_lang_href(r.t, &base),
+        service: r.service,
+        service_name: service_name.as_deref(),
+        error: r.error,
+        libraries: libraries(app, policy),
+        selected: r.selected,
+        csrf: &csrf,
+        path: r.path,
+    };
+    let mut resp = html(r.status, pages::render(&page));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(app, login_cookie(app), &nonce, Some(3600)),
+    );
+    if let Some(secs) = r.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// `GET /login`.
+async fn login_form(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let t = pages::language(&headers, q.lang.as_deref());
+    let policy = app.policy();
+    let service = clean_service(q.service.as_deref());
+    let path = clean_path(q.path.as_deref());
+    login_page(
+        &app,
+        &policy,
+        LoginRender {
+            t,
+            status: StatusCode::OK,
+            service: service.as_deref(),
+            path: path.as_deref(),
+            error: None,
+            selected: "",
+            retry_after: None,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    library: String,
+    #[serde(default)]
+    card: String,
+    #[serde(default)]
+    pin: String,
+    #[serde(default)]
+    csrf: String,
+    service: Option<String>,
+    path: Option<String>,
+    lang: Option<String>,
+}
+
+// The form holds a card number and a PIN: never print it.
+impl std::fmt::Debug for LoginForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginForm(<redacted>)")
+    }
+}
+
+/// `POST /login`: CSRF → throttle → library system → new session → back to the service.
+async fn login_submit(
+    State(app): State<Arc<App>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let policy = app.policy();
+    if let Err(rejection) = &form
+        && rejection.status() == StatusCode::PAYLOAD_TOO_LARGE
+    {
+        let t = pages::language(&headers, None);
+        return message(
+            t,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            t.error_title,
+            t.fill_in,
+            Some(("/login", t.try_again)),
+        );
+    }
+    let Ok(Form(form)) = form else {
+        let t = pages::language(&headers, None);
+        return login_page(
+            &app,
+            &policy,
+            LoginRender {
+                t,
+                status: StatusCode::BAD_REQUEST,
+                service: None,
+                path: None,
+                error: Some(t.fill_in),
+                selected: "",
+                retry_after: None,
+            },
+        );
+    };
+    let t = pages::language(&headers, form.lang.as_deref());
+    let service = clean_service(form.service.as_deref());
+    let path = clean_path(form.path.as_deref());
+    let ip = client_ip(&app, peer, &headers);
+    let render = |status, error: &'static str, retry_after: Option<u64>| {
+        login_page(
+            &app,
+            &policy,
+            LoginRender {
+                t,
+                status,
+                service: service.as_deref(),
+                path: path.as_deref(),
+                error: Some(error),
+                selected: &form.library,
+                retry_after,
+            },
+        )
+    };
+
+    let csrf_ok = cookie(&headers, login_cookie(&app))
+        .is_some_and(|nonce| app.check_login_csrf(nonce, &form.csrf));
+    if !csrf_ok {
+        return render(StatusCode::FORBIDDEN, t.form_expired, None);
+    }
+    let Some(library) = policy.institution(&form.library) else {
+        return render(StatusCode::BAD_REQUEST, t.choose_library, None);
+    };
+    let Some(verifier) = app.verifier_for(&policy, library.id.as_str()).cloned() else {
+        return render(StatusCode::BAD_REQUEST, t.choose_library, None);
+    };
+    if form.card.trim().is_empty() || form.pin.is_empty() {
+        return render(StatusCode::BAD_REQUEST, t.fill_in, None);
+    }
+    let now = Instant::now();
+    if let Err(e) = app.throttle.check(&form.card, ip, now) {
+        count_login(&app, library.id.as_str(), "throttled");
+        return render(
+            StatusCode::TOO_MANY_REQUESTS,
+            t.too_many_tries,
+            Some(e.retry_after().as_secs().max(1)),
+        );
+    }
+
+    let outcome = verifier.verify(&library.id, &form.card, &form.pin).await;
+    let institution = library.id.as_str();
+    match outcome {
+        Err(e) => {
+            app.throttle.abandoned(&form.card, ip, Instant::now());
+            count_login(&app, institution, "backend_unavailable");
+            tracing::warn!(institution, reason = e.reason(), client = %log_ip(ip), "library system not answering");
+            render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None)
+        }
+        Ok(CardOutcome::WrongCardOrPin) => {
+            app.throttle.failed(&form.card, ip, Instant::now());
+            count_login(&app, institution, "wrong_card_or_pin");
+            tracing::info!(institution, client = %log_ip(ip), "login refused: wrong card or PIN");
+            render(StatusCode::UNAUTHORIZED, t.wrong_pin, None)
+        }
+        Ok(CardOutcome::Blocked { lost }) => {
+            app.throttle.succeeded(&form.card, ip, Instant::now());
+            count_login(
+                &app,
+                institution,
+                if lost { "card_lost" } else { "card_blocked" },
+            );
+            tracing::info!(institution, lost, client = %log_ip(ip), "login refused: card blocked");
+            render(
+                StatusCode::FORBIDDEN,
+                if lost { t.card_lost } else { t.card_blocked },
+                None,
+            )
+        }
+        Ok(CardOutcome::Accepted(info)) => {
+            app.throttle.succeeded(&form.card, ip, Instant::now());
+            // Home institution first (as the library system names it), then the library
+            // the card was checked against.
+            let mut institutions: Vec<InstitutionId> = Vec::new();
+            if let Some(home) = info
+                .home_library
+                .as_deref()
+                .and_then(|h| policy.institution(h))
+            {
+                institutions.push(home.id.clone());
+            }
+            if !institutions.contains(&library.id) {
+                institutions.push(library.id.clone());
+            }
+            let subject = Subject {
+                key: card_subject_key(&library.id, &form.card),
+                affiliation: Affiliation::Patron,
+                institutions,
+                age: info.age,
+            };
+            let now = app.clock.now();
+            let Ok(data) = SessionData::new(&subject, LoginMethod::Card, now) else {
+                return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
+            };
+            let created = app
+                .store
+                .create_session(data, app.session_ttl, app.session_ttl, now)
+                .await;
+            let id = match created {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the session");
+                    return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
+                }
+            };
+            // A new id at login: a session id planted before login is worth nothing.
+            if let Some((old, _)) = session(&app, &headers).await {
+                let _ = app.store.delete_session(&old).await;
+            }
+            count_login(&app, institution, "ok");
+            tracing::info!(institution, client = %log_ip(ip), "login");
+            let location = match &service {
+                Some(s) => go_location(s, path.as_deref()),
+                None => "/".to_owned(),
+            };
+            let mut resp = see_other(&location);
+            let h = resp.headers_mut();
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(&app, session_cookie(&app), &id.expose(), None),
+            );
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(&app, login_cookie(&app), "", Some(0)),
+            );
+            resp
+        }
+    }
+}
+
+fn count_login(app: &App, institution: &str, outcome: &str) {
+    app.metrics.inc(
+        telemetry::LOGINS,
+        &[("institution", institution), ("outcome", outcome)],
+    );
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /logout`: ends the session in the store, so every service host that relies on
+/// it stops at once.
+async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let t = pages::language(&headers, None);
+    let Some((id, data)) = session(&app, &headers).await else {
+        let mut resp = see_other("/");
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(&app, session_cookie(&app), "", Some(0)),
+        );
+        return resp;
+    };
+    let token_ok = form.is_ok_and(|Form(f)| data.csrf_matches(&f.csrf));
+    if !token_ok {
+        return message(
+            t,
+            StatusCode::FORBIDDEN,
+            t.error_title,
+            t.form_expired,
+            Some(("/", t.back_to_start)),
+        );
+    }
+    let _ = app.store.delete_session(&id).await;
+    let mut resp = message(t, StatusCode::OK, t.logout, t.logged_out, None);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app, session_cookie(&app), "", Some(0)),
+    );
+    resp
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GoQuery {
+    path: Option<String>,
+    lang: Option<String>,
+}
+
+/// `GET /go/{service}`: the entry link.
+async fn go(
+    State(app): State<Arc<App>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<GoQuery>,
+) -> Response {
+    let t = pages::language(&headers, q.lang.as_deref());
+    let policy = app.policy();
+    let ip = client_ip(&app, peer, &headers);
+    let path = clean_path(q.path.as_deref());
+    let Some(service) = clean_service(Some(&service)) else {
+        return deny(&app, t, &headers, "-", "-", DenyReason::UnknownService);
+    };
+    let now = jiff::Timestamp::now();
+
+    let subject = match session(&app, &headers).await {
+        Some((_, data)) => subject_of(&data),
+        None => {
+            // A walk-in on an on-site network gets the decision without logging in; when
+            // walk-in access is refused, logging in may still help, so offer it.
+            let walk_in_site = policy
+                .onsite_institution(ip)
+                .filter(|i| i.walk_in)
+                .is_some();
+            if walk_in_site {
+                let d =
+                    crate::policy::decide(&policy, &Subject::walk_in(), &service, Some(ip), now);
+                match d {
+                    Decision::Permit(_) => Subject::walk_in(),
+                    Decision::Deny(
+                        r @ (DenyReason::UnknownService | DenyReason::ServiceSuspended),
+                    ) => {
+                        return deny(&app, t, &headers, &service, "-", r);
+                    }
+                    Decision::Deny(_) => {
+                        return see_other(&login_location(&service, path.as_deref()));
+                    }
+                }
+            } else {
+                if policy.service(&service).is_none() {
+                    return deny(&app, t, &headers, &service, "-", DenyReason::UnknownService);
+                }
+                return see_other(&login_location(&service, path.as_deref()));
+            }
+        }
+    };
+
+    let decision = crate::policy::decide(&policy, &subject, &service, Some(ip), now);
+    let home = subject
+        .institutions
+        .first()
+        .map_or("-", |i| i.as_str())
+        .to_owned();
+    match decision {
+        Decision::Deny(reason) => {
+            let credited = policy
+                .onsite_institution(ip)
+                .map_or(home.clone(), |i| i.id.to_string());
+            deny(&app, t, &headers, &service, &credited, reason)
+        }
+        Decision::Permit(permit) => {
+            app.metrics.inc(
+                telemetry::DECISIONS,
+                &[
+                    ("service", permit.service.as_str()),
+                    ("institution", permit.institution.as_str()),
+                    ("decision", "permit"),
+                    ("reason", ""),
+                ],
+            );
+            let Some(svc) = policy.service(&service) else {
+                return deny(
+                    &app,
+                    t,
+                    &headers,
+                    &service,
+                    &home,
+                    DenyReason::UnknownService,
+                );
+            };
+            match &svc.access {
+                Access::Link { url } => see_other(url.as_str()),
+                Access::Proxy(_) | Access::Saml(_) | Access::Oidc(_) => message(
+                    t,
+                    StatusCode::NOT_IMPLEMENTED,
+                    t.not_yet_title,
+                    t.not_yet,
+                    None,
+                ),
+            }
+        }
+    }
+}
+
+fn login_location(service: &str, path: Option<&str>) -> String {
+    let mut pairs = vec![("service", service)];
+    if let Some(p) = path {
+        pairs.push(("path", p));
+    }
+    format!(
+        "/login?{}",
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    )
+}
+
+/// The deny page (or JSON) with the status of policy.md, counted by reason.
+fn deny(
+    app: &App,
+    t: &'static Texts,
+    headers: &HeaderMap,
+    service: &str,
+    institution: &str,
+    reason: DenyReason,
+) -> Response {
+    // Unknown services are not counted per service: the label would be unbounded.
+    let service_label = if reason == DenyReason::UnknownService {
+        "-"
+    } else {
+        service
+    };
+    app.metrics.inc(
+        telemetry::DECISIONS,
+        &[
+            ("service", service_label),
+            ("institution", institution),
+            ("decision", "deny"),
+            ("reason", reason.as_str()),
+        ],
+    );
+    let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+    let text = pages::deny_message(t, reason);
+    if pages::wants_json(headers) {
+        let body = serde_json::json!({ "reason": reason.as_str(), "message": text });
+        return (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let heading = if reason == DenyReason::UnknownService {
+        t.not_found_title
+    } else {
+        t.denied_title
+    };
+    message(t, status, heading, text, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_slugs_and_local_paths_travel() {
+        assert_eq!(clean_service(Some("avis")), Some("avis".into()));
+        assert_eq!(clean_service(Some("https://evil.example")), None);
+        assert_eq!(clean_service(Some("AVIS")), None);
+        assert_eq!(
+            clean_path(Some("/artikkel/1?x=2")),
+            Some("/artikkel/1?x=2".into())
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "x",
+            "/a\r\nb",
+        ] {
+            assert_eq!(clean_path(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(go_location("avis", Some("/a b")), "/go/avis?path=%2Fa+b");
+        assert_eq!(login_location("avis", None), "/login?service=avis");
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "portvakt-login=a; portvakt=b".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, "portvakt"), Some("b"));
+        assert_eq!(cookie(&h, "portvakt-login"), Some("a"));
+        assert_eq!(cookie(&h, "other"), None);
+    }
+}

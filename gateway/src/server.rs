@@ -1,0 +1,244 @@
+//! Listeners and connections: plain TCP or TLS (rustls), HTTP/1.1 and HTTP/2 on each, the
+//! public and admin routers, SIGHUP reload and graceful shutdown.
+//!
+//! The public listener dispatches on the Host header: `public_host` gets the patron pages;
+//! `<label>.<public_host>` is a service host (proxied in a later version); any other host
+//! gets 404, so the gateway never acts for a host it does not own.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::app::App;
+use crate::pages;
+use crate::pipeline::{self, Peer};
+
+/// Headers larger than this are refused (hyper answers 431) before any handler runs.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// A TLS handshake that takes longer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway: its bound addresses and a way to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets open requests finish (up to 10 s), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Starts both listeners on already-bound sockets (tests bind port 0).
+pub fn start(
+    app: Arc<App>,
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<Running> {
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let public_router = public_router(app.clone());
+    let admin_router = crate::admin::router(app.clone());
+    let tasks = vec![
+        tokio::spawn(accept_loop(public, public_router, tls, stopped.clone())),
+        tokio::spawn(accept_loop(admin, admin_router, None, stopped.clone())),
+        tokio::spawn(reload_on_sighup(app, stopped)),
+    ];
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        stop,
+        tasks,
+    })
+}
+
+/// Runs until `shutdown` resolves (SIGTERM or Ctrl-C in `serve`).
+pub async fn run_until(running: Running, shutdown: impl Future<Output = ()>) {
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn reload_on_sighup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+fn public_router(app: Arc<App>) -> Router {
+    let pages = pipeline::router(app.clone());
+    Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
+        let pages = pages.clone();
+        let app = app.clone();
+        async move {
+            let host = request_host(&req);
+            let resp = if host.as_deref() == Some(app.public_host.as_str()) {
+                pages.oneshot(req).await.into_response()
+            } else {
+                unknown_host(&req)
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    }))
+}
+
+/// The request's host, lower case: the `Host` header (HTTP/1.1) or the authority
+/// (HTTP/2). An absolute-form target with a different authority is not ours.
+fn request_host(req: &Request<Body>) -> Option<String> {
+    let header_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase());
+    match (header_host, authority) {
+        (Some(h), Some(a)) if h != a => None,
+        (Some(h), _) => Some(h),
+        (None, a) => a,
+    }
+}
+
+fn unknown_host(req: &Request<Body>) -> Response {
+    let t = pages::language(req.headers(), None);
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", t.not_found),
+    )
+        .into_response()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let stopped = stopped.clone();
+        connections.spawn(async move {
+            let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                req.map(Body::new)
+            });
+            let service = TowerToHyperService::new(service);
+            match acceptor {
+                None => serve_connection(TokioIo::new(stream), service, stopped).await,
+                Some(acceptor) => {
+                    // A failed or slow handshake just drops the connection.
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        serve_connection(TokioIo::new(tls), service, stopped).await;
+                    }
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    // Let open connections finish their requests.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn serve_connection<I, S>(io: I, service: S, mut stopped: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<hyper::body::Incoming>, Response = Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .header_read_timeout(Duration::from_secs(30))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .timer(hyper_util::rt::TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
