@@ -38,10 +38,15 @@ pub struct App {
     pub public_scheme: Scheme,
     /// Cookies get `Secure` and the `__Host-` prefix when pages are served over https.
     pub secure_cookies: bool,
+    /// Absolute session lifetime.
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Metrics,
 }
+
+/// A session unused for this long ends, even before `session_ttl`: a library computer
+/// left logged in should not stay open for a whole day.
+pub const SESSION_IDLE: Duration = Duration::from_secs(2 * 3600);
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

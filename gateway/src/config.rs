@@ -272,14 +272,32 @@ impl Config {
         let mut errors = Vec::new();
         unknown_keys(doc.get_ref(), &places, &mut errors);
         if !errors.is_empty() {
-            return Err(ConfigError(errors));
+            return Err(ConfigError(by_position(errors)));
         }
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
             ConfigError(vec![places.at(at, e.message().trim())])
         })?;
-        check(file, &places, base)
+        check(file, &places, base).map_err(|e| ConfigError(by_position(e.0)))
     }
+}
+
+/// Orders `FILE:LINE:COL: …` lines by line and column (whole-file lines first).
+fn by_position(mut errors: Vec<String>) -> Vec<String> {
+    let key = |e: &String| {
+        let mut parts = e.splitn(4, ':').skip(1);
+        let line = parts
+            .next()
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(0);
+        let col = parts
+            .next()
+            .and_then(|c| c.parse::<usize>().ok())
+            .unwrap_or(0);
+        (line, col)
+    };
+    errors.sort_by_key(key);
+    errors
 }
 
 fn unknown_keys(doc: &DeTable<'_>, places: &Places<'_>, errors: &mut Vec<String>) {
@@ -586,5 +604,119 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
             })
         }
         _ => Err(ConfigError(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse("portvakt.toml", text, Path::new("/etc/portvakt")).map_err(|e| e.0)
+    }
+
+    const KEYS: &str = "[keys]\npseudonym_key_file = \"keys/pseudonym.key\"\n";
+
+    #[test]
+    fn defaults_are_loopback_memory_and_policy_beside_the_file() {
+        let c = parse(KEYS).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.public_host, "bib.localhost:8080");
+        assert_eq!(c.public_scheme, Scheme::Http);
+        assert_eq!(c.store, StoreBackend::Memory);
+        assert_eq!(c.policy_dir, Path::new("/etc/portvakt/policy"));
+        assert_eq!(
+            c.pseudonym_key_file,
+            Path::new("/etc/portvakt/keys/pseudonym.key")
+        );
+        assert_eq!(c.session_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(c.k_anonymity, 5);
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn keys_never_default() {
+        let e = parse("").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("portvakt keys generate"), "{e:?}");
+        assert!(e[0].starts_with("portvakt.toml: error: "), "{e:?}");
+    }
+
+    #[test]
+    fn every_unknown_key_at_once_with_its_place() {
+        let e = parse(&format!(
+            "{KEYS}[server]\nlisten = \"127.0.0.1:1\"\nlissten = \"x\"\n[stor]\nbackend = \"memory\"\n[policy]\ndirr = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "portvakt.toml:5:1: error: [server]: unknown key \"lissten\"".to_owned(),
+                "portvakt.toml:6:2: error: unknown section \"stor\" (known: server, policy, store, keys, card_backend, feide, saml, usage, statistician, telemetry)".to_owned(),
+                "portvakt.toml:9:1: error: [policy]: unknown key \"dirr\"".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_bad_value_at_once_with_its_place() {
+        let e = parse(&format!(
+            "{KEYS}[server]\nlisten = \"nowhere\"\npublic_scheme = \"gopher\"\nsession_ttl = \"forever\"\ntrusted_proxies = [\"10.0.0.0/8\", \"bogus\"]\ntls_cert = \"a.pem\"\n[store]\nbackend = \"redis\"\n[usage]\nk_anonymity = 0\n"
+        ))
+        .unwrap_err();
+        let joined = e.join("\n");
+        for expected in [
+            "portvakt.toml:4:10: error: [server] listen: \"nowhere\" is not an address",
+            "portvakt.toml:5:17: error: [server] public_scheme must be",
+            "portvakt.toml:6:15: error: [server] session_ttl: \"forever\" is not a duration",
+            "portvakt.toml:7:34: error: [server] trusted_proxies: \"bogus\" is not a CIDR",
+            "portvakt.toml:8:12: error: [server] tls_cert and tls_key go together",
+            "portvakt.toml:10:11: error: [store] backend = \"redis\" needs redis_url",
+            "portvakt.toml:12:15: error: [usage] k_anonymity must be from 1 to 1000",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+        assert_eq!(e.len(), 7, "{joined}");
+    }
+
+    #[test]
+    fn card_backend_errors_name_the_backend_and_key() {
+        let e = parse(&format!(
+            "{KEYS}[[card_backend]]\nkind = \"sip2\"\ninstitutions = [\"NO-2390700\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter().any(
+                |l| l.starts_with("portvakt.toml:3:1: error: card_backend[0]: ")
+                    && l.contains("addr")
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_toml_is_one_line() {
+        let e = parse("[server\n").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("portvakt.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn tls_implies_https_and_admin_must_differ() {
+        let c = parse(&format!(
+            "{KEYS}[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\npublic_host = \"Bib.Example.NO\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.public_scheme, Scheme::Https);
+        assert_eq!(c.public_host, "bib.example.no");
+        let e = parse(&format!(
+            "{KEYS}[server]\nlisten = \"127.0.0.1:80\"\nadmin_listen = \"127.0.0.1:80\"\n"
+        ))
+        .unwrap_err();
+        assert!(e[0].contains("admin_listen must differ"), "{e:?}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,8 +14,15 @@ use crate::pseudonym::PseudonymKey;
 use crate::store::{Clock, SystemClock};
 
 /// `portvakt serve`.
-pub async fn serve(config_path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
+    let config = match config_path {
+        Some(path) => Config::load(&path),
+        // Without --config: ./portvakt.toml, or every default when there is none (which
+        // then stops on the missing keys, saying how to make them).
+        None if Path::new("portvakt.toml").exists() => Config::load(Path::new("portvakt.toml")),
+        None => Config::parse("portvakt.toml", "", Path::new(".")),
+    }
+    .map_err(|e| e.to_string())?;
     crate::telemetry::init(config.log_format);
     let app = build_app(&config)?;
     for section in &config.not_yet_supported {

@@ -38,9 +38,9 @@ enum Command {
     },
     /// The gateway.
     Serve {
-        /// The config file.
-        #[arg(long, value_name = "FILE", default_value = "portvakt.toml")]
-        config: PathBuf,
+        /// The config file [default: ./portvakt.toml; if that is missing, all defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Key material.
     Keys {

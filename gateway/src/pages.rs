@@ -290,7 +290,10 @@ mod tests {
         let html = render(&page);
         // Escaped (askama writes &#60; or &lt;), never raw.
         assert!(!html.contains("<script>x"));
-        assert!(html.contains("script&#62;x") || html.contains("script&gt;x"), "{html}");
+        assert!(
+            html.contains("script&#62;x") || html.contains("script&gt;x"),
+            "{html}"
+        );
         assert!(!html.contains("a & b"));
         assert!(html.contains("lang=\"nb\""));
         assert!(html.contains("role=\"alert\""));

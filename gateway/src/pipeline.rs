@@ -541,7 +541,12 @@ async fn login_submit(
             };
             let created = app
                 .store
-                .create_session(data, app.session_ttl, app.session_ttl, now)
+                .create_session(
+                    data,
+                    app.session_ttl.min(crate::app::SESSION_IDLE),
+                    app.session_ttl,
+                    now,
+                )
                 .await;
             let id = match created {
                 Ok(id) => id,

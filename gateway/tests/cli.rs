@@ -288,3 +288,155 @@ fn usage_mistakes_are_one_line_and_exit_1() {
         assert_eq!(text(&out.stderr).lines().count(), 1);
     }
 }
+
+#[test]
+fn keys_generate_makes_private_files_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys");
+    let r = portvakt(&["keys", "generate", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    for (name, len) in [
+        ("pseudonym.key", Some(32)),
+        ("session.key", Some(32)),
+        ("signing.key", None),
+        ("signing.crt", None),
+    ] {
+        let meta = std::fs::metadata(out.join(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        if let Some(len) = len {
+            assert_eq!(meta.len(), len, "{name}");
+        }
+    }
+    // A second run never replaces a pseudonym key.
+    let before = std::fs::read(out.join("pseudonym.key")).unwrap();
+    let r = portvakt(&["keys", "generate", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(text(&r.stderr).lines().count(), 1, "{}", text(&r.stderr));
+    assert_eq!(std::fs::read(out.join("pseudonym.key")).unwrap(), before);
+}
+
+#[test]
+fn serve_refuses_to_start_without_keys_or_on_a_broken_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    // No config file at all: every default, and one line on the missing key.
+    let r = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = text(&r.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("portvakt keys generate"), "{stderr}");
+
+    // A short key is refused with its size.
+    std::fs::write(dir.path().join("p.key"), b"short").unwrap();
+    std::fs::create_dir(dir.path().join("policy")).unwrap();
+    std::fs::write(
+        dir.path().join("policy/a.toml"),
+        "[[service]]\nid = \"x\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("portvakt.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[keys]\npseudonym_key_file = \"p.key\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("portvakt.toml");
+    let r = portvakt(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("at least 32"),
+        "{}",
+        text(&r.stderr)
+    );
+
+    // A broken policy: the gateway does not start, and says every error.
+    std::fs::write(dir.path().join("p.key"), [5u8; 32]).unwrap();
+    let r = portvakt(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = text(&r.stderr);
+    assert!(
+        stderr.contains("will not start on a broken policy"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a.toml:1:1: error: service \"x\": missing required key \"name\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn the_demo_runs_and_a_demo_card_logs_in() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["demo", "--port", "0", "--admin-port", "0", "--policy"])
+        .arg(demo_policy())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let host = loop {
+        let line = lines.next().expect("the demo prints its banner").unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(rest) = line.trim().strip_prefix("Start page:") {
+            break rest
+                .trim()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned();
+        }
+    };
+    for line in lines.by_ref().take(12) {
+        banner.push_str(&line.unwrap());
+        banner.push('\n');
+    }
+    assert!(
+        banner.contains("10000001") && banner.contains("1234"),
+        "{banner}"
+    );
+    assert!(banner.contains("fixed, public pseudonym key"), "{banner}");
+    let port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let send = |req: String| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = send(format!(
+        "GET /login HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    ));
+    let nonce = page
+        .split("portvakt-login=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body =
+        format!("library=NO-2390700&card=10000001&pin=1234&csrf={csrf}&service=lokalhistorie");
+    let reply = send(format!(
+        "POST /login HTTP/1.1\r\nHost: {host}\r\nCookie: portvakt-login={nonce}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reply.starts_with("HTTP/1.1 303"), "{reply}");
+    assert!(reply.contains("location: /go/lokalhistorie"), "{reply}");
+}

@@ -469,6 +469,94 @@ fn admin_health_metrics_and_reload() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.starts_with("ok: "));
     assert_eq!(get("/go/lokalhistorie", &[]).status, 303);
+
+    // SIGHUP reloads too: a new service appears within a few seconds.
+    let added = g.dir.path().join("policy/zz-sighup.toml");
+    std::fs::write(
+        &added,
+        "[[service]]\nid = \"sighup-test\"\nname = \"Ny tjeneste\"\naccess = \"link\"\n\
+         [service.link]\nurl = \"https://ny.example/\"\n\n\
+         [[entitlement]]\ninstitution = \"NO-2390700\"\nservice = \"sighup-test\"\nfrom = 2024-01-01\n",
+    )
+    .unwrap();
+    assert_eq!(get("/go/sighup-test", &[]).status, 404);
+    let hup = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup(g.child.id());
+    let appeared = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        get("/go/sighup-test", &[]).status == 303
+    });
+    std::fs::remove_file(&added).unwrap();
+    hup(g.child.id());
+    assert!(appeared, "SIGHUP did not reload the policy");
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        get("/go/sighup-test", &[]).status == 404
+    });
+    assert!(gone);
+}
+
+#[test]
+fn repeated_wrong_pins_are_slowed_down() {
+    let card = "10017099";
+    // The first few mistakes are free; then the gateway asks the patron to wait.
+    let mut wrong = 0;
+    let r = loop {
+        let r = login("NO-2390700", card, "0000", None).unwrap_err();
+        if r.status != 401 {
+            break r;
+        }
+        wrong += 1;
+        assert!(wrong <= 4, "no slow-down after {wrong} wrong PINs");
+    };
+    assert!(wrong >= 3, "slowed down after only {wrong} wrong PINs");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert!(r.body.contains("For mange forsøk"));
+}
+
+#[test]
+fn a_new_session_id_at_every_login() {
+    let (first, _) = login("NO-2390700", ADULT.0, ADULT.1, None).unwrap();
+    // Log in again from the same browser: a new id, and the old one is worthless.
+    let page = get("/login", &[("Cookie", &first)]);
+    let nonce = page.cookie("portvakt-login").unwrap();
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let cookies = format!("{first}; portvakt-login={nonce}");
+    let body = form(&[
+        ("library", "NO-2390700"),
+        ("card", ADULT.0),
+        ("pin", ADULT.1),
+        ("csrf", &csrf),
+    ]);
+    let r = request(
+        gateway().public,
+        "POST",
+        HOST,
+        "/login",
+        &[("Cookie", &cookies)],
+        Some(&body),
+    );
+    assert_eq!(r.status, 303);
+    let second = format!("portvakt={}", r.cookie("portvakt").unwrap());
+    assert_ne!(first, second);
+    assert_eq!(
+        get("/go/lokalhistorie", &[("Cookie", &first)]).header("location"),
+        Some("/login?service=lokalhistorie")
+    );
+    assert_eq!(get("/go/lokalhistorie", &[("Cookie", &second)]).status, 303);
+    assert!(
+        get("/go/lokalhistorie", &[("Cookie", &second)])
+            .header("location")
+            .unwrap()
+            .starts_with("https://")
+    );
 }
 
 #[test]
