@@ -720,3 +720,16 @@ mod tests {
         assert!(e[0].contains("admin_listen must differ"), "{e:?}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The example shipped at the repository root stays valid.
+    #[test]
+    fn the_example_config_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../portvakt.example.toml");
+        let c = super::Config::load(&path).unwrap();
+        assert_eq!(c.card_backends.len(), 1);
+        assert_eq!(c.public_host, "bib.localhost:8080");
+    }
+}
