@@ -198,6 +198,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "institutions",
             "addr",
             "tls",
+            "tls_ca_file",
+            "tls_server_name",
             "login_user",
             "login_password_file",
             "institution_id",

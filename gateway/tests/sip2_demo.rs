@@ -68,6 +68,7 @@ fn settings(addr: &str, encoding: Encoding) -> Sip2Settings {
         encoding,
         timeout: Duration::from_secs(10),
         connections: 2,
+        tls: None,
     }
 }
 

@@ -87,6 +87,7 @@ fn settings(peer: &Peer) -> Sip2Settings {
         encoding: Encoding::Utf8,
         timeout: Duration::from_secs(10),
         connections: 2,
+        tls: None,
     }
 }
 

@@ -111,6 +111,12 @@ pub struct FileCardBackend {
     pub addr: Option<String>,
     /// sip2: TLS to the ACS. Default false.
     pub tls: Option<bool>,
+    /// sip2, with `tls`: a PEM file of extra CA certificates to trust besides the Mozilla
+    /// roots (a library system's own CA).
+    pub tls_ca_file: Option<PathBuf>,
+    /// sip2, with `tls`: the name the ACS's certificate must carry. Default: the host of
+    /// `addr`.
+    pub tls_server_name: Option<String>,
     /// sip2: `CN` of message 93; needs `login_password_file`.
     pub login_user: Option<String>,
     /// sip2: file holding `CO` of message 93 (one trailing newline is dropped).
@@ -244,7 +250,7 @@ pub fn build_all(
 }
 
 /// Each optional setting: its key, whether it is set, and the kinds it belongs to.
-fn settings(cfg: &FileCardBackend) -> [(&'static str, bool, &'static [&'static str]); 13] {
+fn settings(cfg: &FileCardBackend) -> [(&'static str, bool, &'static [&'static str]); 15] {
     const SIP2: &[&str] = &["sip2"];
     const HTTP: &[&str] = &["http"];
     const FILE: &[&str] = &["file"];
@@ -252,6 +258,8 @@ fn settings(cfg: &FileCardBackend) -> [(&'static str, bool, &'static [&'static s
     [
         ("addr", cfg.addr.is_some(), SIP2),
         ("tls", cfg.tls.is_some(), SIP2),
+        ("tls_ca_file", cfg.tls_ca_file.is_some(), SIP2),
+        ("tls_server_name", cfg.tls_server_name.is_some(), SIP2),
         ("login_user", cfg.login_user.is_some(), SIP2),
         (
             "login_password_file",
@@ -313,12 +321,7 @@ fn sip2_backend(
             "kind \"sip2\" needs \"addr\" (host:port of the ACS)".into(),
         ]);
     };
-    if cfg.tls == Some(true) {
-        errors.push(
-            "\"tls\" = true is not supported yet for sip2; use a TLS tunnel (stunnel) to the ACS"
-                .into(),
-        );
-    }
+    let tls = sip2_tls(cfg, &addr, base_dir).map_err(|e| errors.extend(e));
     let encoding = match cfg.encoding.as_deref() {
         None => sip2::Encoding::Utf8,
         Some(s) => s.parse().unwrap_or_else(|_| {
@@ -346,6 +349,9 @@ fn sip2_backend(
     if cfg.connections == Some(0) {
         errors.push("\"connections\" must be at least 1".into());
     }
+    let Ok(tls) = tls else {
+        return Err(errors);
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -359,10 +365,110 @@ fn sip2_backend(
         encoding,
         timeout,
         connections: cfg.connections.unwrap_or(DEFAULT_CONNECTIONS),
+        tls,
     };
     sip2::Sip2Client::new(settings)
         .map(Sip2Verifier::new)
         .map_err(|e| vec![e.to_string()])
+}
+
+/// The TLS half of a sip2 backend: `None` unless `tls` = true; `tls_ca_file` and
+/// `tls_server_name` only with it.
+fn sip2_tls(
+    cfg: &FileCardBackend,
+    addr: &str,
+    base_dir: &Path,
+) -> Result<Option<sip2::Sip2Tls>, Vec<String>> {
+    if cfg.tls != Some(true) {
+        let stray = [
+            ("tls_ca_file", cfg.tls_ca_file.is_some()),
+            ("tls_server_name", cfg.tls_server_name.is_some()),
+        ];
+        let errors: Vec<String> = stray
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| format!("\"{key}\" needs \"tls\" = true"))
+            .collect();
+        return if errors.is_empty() {
+            Ok(None)
+        } else {
+            Err(errors)
+        };
+    }
+    let mut errors = Vec::new();
+    let server_name = match &cfg.tls_server_name {
+        Some(name) => rustls_pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| {
+                errors.push(format!(
+                    "\"tls_server_name\" must be a host name or an IP address, not \"{}\"",
+                    name.escape_debug()
+                ));
+            })
+            .ok(),
+        None => addr_host(addr)
+            .and_then(|host| rustls_pki_types::ServerName::try_from(host.to_owned()).ok())
+            .or_else(|| {
+                errors.push(format!(
+                    "\"addr\" \"{}\" has no host name or IP address to check the ACS's \
+                     certificate against; set \"tls_server_name\"",
+                    addr.escape_debug()
+                ));
+                None
+            }),
+    };
+    let extra_roots = match &cfg.tls_ca_file {
+        None => Vec::new(),
+        Some(file) => read_ca_file(file, base_dir).unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        }),
+    };
+    let Some(server_name) = server_name else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match sip2::Sip2Tls::new(server_name, &extra_roots) {
+        Ok(tls) => Ok(Some(tls)),
+        Err(e @ sip2::Sip2TlsError::BadRoot { .. }) => Err(vec![format!(
+            "\"tls_ca_file\": {}: {e}",
+            base_dir
+                .join(cfg.tls_ca_file.as_deref().unwrap_or(Path::new("")))
+                .display()
+        )]),
+        Err(e) => Err(vec![format!("\"tls\": {e}")]),
+    }
+}
+
+/// The host of `host:port` or `[v6]:port`, without brackets; `None` when there is none.
+fn addr_host(addr: &str) -> Option<&str> {
+    let host = match addr.strip_prefix('[') {
+        Some(rest) => rest.split_once(']')?.0,
+        None => addr.rsplit_once(':').map_or(addr, |(host, _)| host),
+    };
+    Some(host).filter(|h| !h.is_empty())
+}
+
+/// Reads a PEM file of CA certificates (at least one); anything else in it is ignored.
+fn read_ca_file(
+    file: &Path,
+    base_dir: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let path = base_dir.join(file);
+    let pem = std::fs::read(&path)
+        .map_err(|e| format!("\"tls_ca_file\": cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("\"tls_ca_file\": {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "\"tls_ca_file\": {} holds no certificate (expected PEM `BEGIN CERTIFICATE`)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// [`PatronVerifier`] over a [`sip2::Sip2Client`]: one ACS, so `library` is not sent (the

@@ -1,5 +1,5 @@
 //! Checks a library card and PIN against the library system (the ACS) over SIP2: settings →
-//! a small pool of TCP connections → one 63/64 exchange per check → a [`Sip2Verdict`].
+//! a small pool of TCP or TLS connections → one 63/64 exchange per check → a [`Sip2Verdict`].
 //!
 //! # Messages and fields
 //!
@@ -22,11 +22,23 @@
 //!
 //! # Connections
 //!
-//! Up to `connections` TCP connections are open at a time; an idle one is reused. A new one
+//! Up to `connections` connections are open at a time; an idle one is reused. A new one
 //! sends 93 first when `login_user` is set and needs `94` ok = `1`. A connection that errs,
 //! times out or leaves unread bytes behind is dropped, never pooled. A reused connection
 //! that the ACS had quietly closed gets one retry on a fresh one. `timeout` bounds the whole
-//! check: waiting for a free connection, connecting, logging in and the 63/64 exchange.
+//! check: waiting for a free connection, connecting, the TLS handshake, logging in and the
+//! 63/64 exchange.
+//!
+//! # TLS
+//!
+//! With [`Sip2Settings::tls`] set ([`Sip2Tls`]), every connection is TLS (1.2 or 1.3, the
+//! ring provider) from its first byte, as SIP2-over-TLS ACSs expect: no STARTTLS. The ACS's
+//! certificate must chain to a Mozilla root (webpki-roots, compiled in: no system store is
+//! read) or to one of the extra CAs given (a library system's own CA), and must name the
+//! server name (`tls_server_name`, by default the host of `addr`; an IP address is checked
+//! against the certificate's IP addresses). A failed handshake, an untrusted certificate or
+//! a wrong name is [`Sip2Error::Tls`]: "the library system is not answering", never "wrong
+//! PIN". The SIP2 messages, the pool and the timeout are the same over TLS and plain TCP.
 //!
 //! # The acceptance rule
 //!
@@ -47,13 +59,19 @@ pub mod server;
 mod tests;
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use jiff::civil::Date;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 pub use codec::Encoding;
 use codec::{
@@ -79,8 +97,78 @@ pub struct Sip2Settings {
     pub encoding: Encoding,
     /// The longest one check may take, from waiting for a connection to the verdict.
     pub timeout: Duration,
-    /// Most TCP connections open at once (at least 1).
+    /// Most connections open at once (at least 1).
     pub connections: usize,
+    /// TLS to the ACS; `None` is plain TCP.
+    pub tls: Option<Sip2Tls>,
+}
+
+/// TLS to the ACS: the name its certificate must carry and the roots it must chain to.
+#[derive(Clone)]
+pub struct Sip2Tls {
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    extra_roots: usize,
+}
+
+/// Why a [`Sip2Tls`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Sip2TlsError {
+    #[error("extra CA certificate {index} is not usable as a root: {source}")]
+    BadRoot {
+        /// Position in the list given, from 0.
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Config(#[source] rustls::Error),
+}
+
+impl Sip2Tls {
+    /// Trusts the Mozilla roots (webpki-roots) and `extra_roots` (a library system's own
+    /// CA), and checks that the ACS's certificate names `server_name`.
+    pub fn new(
+        server_name: ServerName<'static>,
+        extra_roots: &[CertificateDer<'_>],
+    ) -> Result<Self, Sip2TlsError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for (index, der) in extra_roots.iter().enumerate() {
+            roots
+                .add(der.clone().into_owned())
+                .map_err(|source| Sip2TlsError::BadRoot { index, source })?;
+        }
+        // The ring provider is named rather than taken from a process-wide default, so the
+        // config never depends on which crate happened to install one first.
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(Sip2TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            server_name,
+            connector: TlsConnector::from(Arc::new(config)),
+            extra_roots: extra_roots.len(),
+        })
+    }
+
+    /// The name the ACS's certificate must carry.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+}
+
+impl fmt::Debug for Sip2Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sip2Tls")
+            .field("server_name", &self.server_name.to_str())
+            .field("extra_roots", &self.extra_roots)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Sip2Settings {
@@ -98,6 +186,7 @@ impl fmt::Debug for Sip2Settings {
             .field("encoding", &self.encoding)
             .field("timeout", &self.timeout)
             .field("connections", &self.connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -143,6 +232,10 @@ pub enum Sip2Error {
     Timeout,
     #[error("could not connect to the library system")]
     Connect(#[source] std::io::Error),
+    /// The handshake failed: an untrusted or wrongly named certificate, or a peer that does
+    /// not speak TLS. The source tells which (rustls's reason, never personal data).
+    #[error("the TLS handshake with the library system failed")]
+    Tls(#[source] std::io::Error),
     #[error("the connection to the library system failed")]
     Io(#[source] std::io::Error),
     #[error("the library system closed the connection")]
@@ -323,10 +416,58 @@ fn verdict(r: &PatronInformationResponse, card: &str) -> Result<Sip2Verdict, Sip
     })
 }
 
+/// A connection to the ACS, plain or TLS; the SIP2 code above does not tell them apart.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    // Boxed: a TLS stream is about a kilobyte, a TcpStream a few words.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One open, logged-in connection and what it has read past the last frame.
 #[derive(Debug)]
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// The next `AY` sequence number, 0–9 and round again.
     next_sequence: u8,
@@ -334,11 +475,20 @@ struct Connection {
 
 impl Connection {
     async fn open(settings: &Sip2Settings) -> Result<Self, Sip2Error> {
-        let stream = TcpStream::connect(&settings.addr)
+        let tcp = TcpStream::connect(&settings.addr)
             .await
             .map_err(Sip2Error::Connect)?;
         // Small request/response frames: waiting to fill a segment only adds latency.
-        stream.set_nodelay(true).map_err(Sip2Error::Connect)?;
+        tcp.set_nodelay(true).map_err(Sip2Error::Connect)?;
+        let stream = match &settings.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(
+                tls.connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(Sip2Error::Tls)?,
+            )),
+        };
         let mut conn = Self {
             stream,
             buf: Vec::new(),
@@ -383,6 +533,8 @@ impl Connection {
         };
         let bytes = codec::encode(&frame, settings.encoding).map_err(Sip2Error::Encode)?;
         self.stream.write_all(&bytes).await.map_err(Sip2Error::Io)?;
+        // A no-op on TCP; over TLS it makes sure the last record has left.
+        self.stream.flush().await.map_err(Sip2Error::Io)?;
         let raw = self.read_frame().await?;
         let response = codec::decode(&raw, settings.encoding)?;
         match (settings.checksums, response.error_detection) {

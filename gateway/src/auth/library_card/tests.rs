@@ -506,15 +506,15 @@ fn config_errors_name_the_key() {
     assert_eq!(
         build_err(
             "kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \"h:1\"\ntimeout = \"5 parsecs\"\n\
-             encoding = \"ebcdic\"\nlogin_user = \"u\"\nconnections = 0\ntls = true\n\
-             url = \"http://x/\"",
+             encoding = \"ebcdic\"\nlogin_user = \"u\"\nconnections = 0\n\
+             tls_server_name = \"h\"\nurl = \"http://x/\"",
             here
         ),
         [
             "\"url\" is a setting of kind \"http\", not \"sip2\"",
             "\"timeout\" must be a duration above zero such as \"5s\" or \"1500ms\", not \
              \"5 parsecs\"",
-            "\"tls\" = true is not supported yet for sip2; use a TLS tunnel (stunnel) to the ACS",
+            "\"tls_server_name\" needs \"tls\" = true",
             "\"encoding\" must be \"utf-8\" or \"latin1\", not \"ebcdic\"",
             "\"login_user\" needs \"login_password_file\"",
             "\"connections\" must be at least 1",
@@ -531,6 +531,121 @@ fn config_errors_name_the_key() {
         "{}",
         missing[0]
     );
+}
+
+#[test]
+fn tls_keys_are_checked_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("junk.pem"),
+        "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let base = dir.path().display().to_string();
+    let sip2 = |extra: &str| {
+        build_err(
+            &format!(
+                "kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \"acs.example.no:6001\"\n{extra}"
+            ),
+            dir.path(),
+        )
+    };
+    assert_eq!(
+        sip2("tls = false\ntls_ca_file = \"ca.pem\"\ntls_server_name = \"acs\""),
+        [
+            "\"tls_ca_file\" needs \"tls\" = true",
+            "\"tls_server_name\" needs \"tls\" = true",
+        ]
+    );
+    assert_eq!(
+        sip2("tls = true\ntls_server_name = \"not a name\""),
+        ["\"tls_server_name\" must be a host name or an IP address, not \"not a name\""]
+    );
+    let missing = sip2("tls = true\ntls_ca_file = \"no/such.pem\"");
+    assert_eq!(missing.len(), 1);
+    assert!(
+        missing[0].starts_with(&format!(
+            "\"tls_ca_file\": cannot read {base}/no/such.pem: "
+        )),
+        "{}",
+        missing[0]
+    );
+    assert_eq!(
+        sip2("tls = true\ntls_ca_file = \"empty.pem\""),
+        [format!(
+            "\"tls_ca_file\": {base}/empty.pem holds no certificate (expected PEM `BEGIN CERTIFICATE`)"
+        )]
+    );
+    for file in ["broken.pem", "junk.pem"] {
+        let e = sip2(&format!("tls = true\ntls_ca_file = \"{file}\""));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("\"tls_ca_file\": {base}/{file}: ")),
+            "{}",
+            e[0]
+        );
+    }
+    // Both problems at once, and with the other sip2 checks.
+    assert_eq!(
+        sip2("tls = true\ntls_server_name = \"\"\ntls_ca_file = \"empty.pem\"\nconnections = 0")
+            .len(),
+        3
+    );
+    // No host in addr to default the server name to.
+    assert_eq!(
+        build_err(
+            "kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \":6001\"\ntls = true",
+            dir.path()
+        ),
+        [
+            "\"addr\" \":6001\" has no host name or IP address to check the ACS's certificate \
+          against; set \"tls_server_name\""
+        ]
+    );
+    assert_eq!(
+        build_err(
+            "kind = \"http\"\ninstitutions = [\"x\"]\nurl = \"https://x/\"\ntls_ca_file = \"c\"",
+            dir.path()
+        ),
+        ["\"tls_ca_file\" is a setting of kind \"sip2\", not \"http\""]
+    );
+
+    // The server name defaults to the host of addr; without tls there is none.
+    let shown = |text: &str| format!("{:?}", build(&from_toml(text), dir.path()).unwrap());
+    let plain = shown("kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \"acs.example.no:6001\"");
+    assert!(plain.contains("tls: None"), "{plain}");
+    let tls = shown(
+        "kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \"acs.example.no:6001\"\ntls = true",
+    );
+    assert!(
+        tls.contains("acs.example.no") && tls.contains("extra_roots: 0"),
+        "{tls}"
+    );
+    let named = shown(
+        "kind = \"sip2\"\ninstitutions = [\"x\"]\naddr = \"10.0.0.5:6001\"\ntls = true\n\
+         tls_server_name = \"sip.bibliotek.no\"",
+    );
+    assert!(
+        named.contains("sip.bibliotek.no") && !named.contains("10.0.0.5\")"),
+        "{named}"
+    );
+}
+
+#[test]
+fn addr_host_takes_the_host_of_host_port() {
+    assert_eq!(addr_host("acs.example.no:6001"), Some("acs.example.no"));
+    assert_eq!(addr_host("10.0.0.5:6001"), Some("10.0.0.5"));
+    assert_eq!(addr_host("[2001:db8::5]:6001"), Some("2001:db8::5"));
+    assert_eq!(addr_host("acs.example.no"), Some("acs.example.no"));
+    assert_eq!(addr_host(":6001"), None);
+    assert_eq!(addr_host("[]:6001"), None);
+    assert_eq!(addr_host("[::1"), None);
 }
 
 #[test]

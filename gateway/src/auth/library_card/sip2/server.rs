@@ -5,14 +5,18 @@
 //! Responses carry `AY`/`AZ` when the request did (mirroring the request, as ACSs do). A
 //! request with a bad checksum gets a 96 (resend); anything undecodable closes the
 //! connection. With a login configured, 63 before a successful 93 closes the connection.
+//!
+//! [`serve`] speaks plain TCP; [`serve_tls`] the same SIP2 inside TLS from the first byte,
+//! for testing the client's `tls` setting.
 
 use std::fmt;
 use std::sync::Arc;
 
 use jiff::civil::Date;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::codec::{
     self, AcsStatus, CodecError, Encoding, ErrorDetection, Frame, Message, PatronInformation,
@@ -73,6 +77,8 @@ impl fmt::Debug for DemoAcsOptions {
 pub enum DemoAcsError {
     #[error("accepting a connection failed")]
     Accept(#[source] std::io::Error),
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
     #[error("connection i/o failed")]
     Io(#[source] std::io::Error),
     #[error("malformed request: {0}")]
@@ -90,6 +96,25 @@ pub async fn serve(
     patrons: Vec<DemoPatron>,
     options: DemoAcsOptions,
 ) -> Result<(), DemoAcsError> {
+    serve_with(listener, None, patrons, options).await
+}
+
+/// [`serve`] inside TLS: every connection is a TLS handshake with `acceptor` first.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    patrons: Vec<DemoPatron>,
+    options: DemoAcsOptions,
+) -> Result<(), DemoAcsError> {
+    serve_with(listener, Some(acceptor), patrons, options).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    patrons: Vec<DemoPatron>,
+    options: DemoAcsOptions,
+) -> Result<(), DemoAcsError> {
     let patrons: Arc<[DemoPatron]> = patrons.into();
     let options = Arc::new(options);
     let mut connections = JoinSet::new();
@@ -98,8 +123,18 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let (stream, _) = accepted.map_err(DemoAcsError::Accept)?;
                 let (patrons, options) = (Arc::clone(&patrons), Arc::clone(&options));
+                let tls = tls.clone();
+                // The handshake runs in the connection's task, so a slow or silent client
+                // does not hold up the accept loop.
                 connections.spawn(async move {
-                    if let Err(e) = handle(stream, &patrons, &options).await {
+                    let served = match tls {
+                        None => handle(stream, &patrons, &options).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => handle(stream, &patrons, &options).await,
+                            Err(e) => Err(DemoAcsError::Tls(e)),
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(error = %e, "demo ACS closed a connection");
                     }
                 });
@@ -111,7 +146,7 @@ pub async fn serve(
 }
 
 async fn handle(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     patrons: &[DemoPatron],
     options: &DemoAcsOptions,
 ) -> Result<(), DemoAcsError> {
@@ -135,7 +170,7 @@ async fn handle(
                     error_detection: Some(ErrorDetection { sequence: None }),
                 };
                 let bytes = codec::encode(&resend, options.encoding)?;
-                stream.write_all(&bytes).await.map_err(DemoAcsError::Io)?;
+                send(&mut stream, &bytes).await?;
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -155,7 +190,7 @@ async fn handle(
             Message::PatronInformation(_) => return Err(DemoAcsError::NotLoggedIn),
             Message::RequestAcsResend => {
                 if let Some(bytes) = &last_response {
-                    stream.write_all(bytes).await.map_err(DemoAcsError::Io)?;
+                    send(&mut stream, bytes).await?;
                 }
                 continue;
             }
@@ -166,9 +201,15 @@ async fn handle(
             error_detection: request.error_detection,
         };
         let bytes = codec::encode(&frame, options.encoding)?;
-        stream.write_all(&bytes).await.map_err(DemoAcsError::Io)?;
+        send(&mut stream, &bytes).await?;
         last_response = Some(bytes);
     }
+}
+
+/// Writes one frame; the flush is a no-op on TCP and pushes the TLS record out.
+async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), DemoAcsError> {
+    stream.write_all(bytes).await.map_err(DemoAcsError::Io)?;
+    stream.flush().await.map_err(DemoAcsError::Io)
 }
 
 fn now() -> SipDateTime {
