@@ -578,3 +578,84 @@ async fn behind_a_server_a_reset_cuts_one_response_and_the_next_one_works() {
     .unwrap();
     assert_eq!(reply.status, 400);
 }
+
+/// An https origin with a certificate of its own: HTTP/2 by ALPN, trusted only through
+/// `extra_roots`.
+#[tokio::test]
+async fn https_origins_speak_http2_by_alpn_and_need_a_trusted_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(gateway::tls::server_config(&c, &k).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let seen = format!(
+                            "{:?} {} {}",
+                            req.version(),
+                            req.uri(),
+                            req.headers().contains_key("x-forwarded-for")
+                        );
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from(seen),
+                        )))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+
+    let origin = Url::parse(&format!("https://localhost:{port}")).unwrap();
+    let hosts = Arc::new(
+        HostMap::new(
+            PUBLIC,
+            Scheme::Https,
+            [(ServiceId::from("tls"), origin.clone(), vec![])],
+        )
+        .unwrap(),
+    );
+    let cookies = Vec::new();
+    let f = Forward {
+        origin: &origin,
+        hosts: &hosts,
+        service: "tls",
+        release: Vec::new(),
+        gateway_cookies: &cookies,
+        timeouts: Timeouts::default(),
+    };
+    let req = || {
+        Request::get("/x?y=1")
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let trusting = Upstreams::new(&UpstreamSettings {
+        extra_roots: vec![cert.cert.der().clone()],
+        ..UpstreamSettings::default()
+    })
+    .unwrap();
+    let resp = forward(&trusting, &f, req()).await.unwrap();
+    assert_eq!(
+        text(resp).await,
+        format!("HTTP/2.0 https://localhost:{port}/x?y=1 false")
+    );
+
+    let default = Upstreams::new(&UpstreamSettings::default()).unwrap();
+    let err = forward(&default, &f, req()).await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::BAD_GATEWAY, "{err}");
+}
