@@ -14,6 +14,7 @@ pub mod launch;
 pub mod pages;
 pub mod pipeline;
 pub mod policy;
+pub mod proxy;
 pub mod pseudonym;
 pub mod server;
 pub mod session;

@@ -1,0 +1,415 @@
+//! Header work on both sides of the proxy: what leaves for the vendor is scrubbed
+//! ([`scrub_request`]), what comes back is moved onto the service host
+//! ([`rewrite_response`]), which also decides whether the body needs rewriting ([`Plan`]).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use url::Url;
+
+use super::Forward;
+use super::hosts::{HostKind, HostMap};
+use crate::config::Scheme;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// `Proxy-*` family, which is between a client and its own forward proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Headers that carry the patron's address or our chain of proxies. The vendor must not
+/// learn the patron's IP, whoever set them (a browser extension, a proxy in front).
+const CLIENT_ADDRESS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "via",
+];
+
+/// The content codings we can decode, so an HTML body can always be rewritten.
+const DECODABLE: &[&str] = &["gzip", "x-gzip", "deflate", "br", "identity"];
+
+fn is_hop_by_hop(name: &str, named_by_connection: &[String]) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || name.starts_with("proxy-")
+        || named_by_connection.iter().any(|n| n == name)
+}
+
+/// The header names a `Connection` header lists: hop-by-hop by the sender's say-so.
+fn connection_tokens(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn remove_where(h: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
+    let doomed: Vec<HeaderName> = h.keys().filter(|k| pred(k.as_str())).cloned().collect();
+    for k in doomed {
+        h.remove(k);
+    }
+}
+
+/// Makes the patron's request fit to leave for the vendor (see the module docs of
+/// `proxy.rs` for the list and the reasons).
+pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
+    let named = connection_tokens(h);
+    remove_where(h, |k| {
+        is_hop_by_hop(k, &named)
+            // The client sets Host (HTTP/1) or :authority (HTTP/2) from the origin URI.
+            || k == "host"
+            || k.starts_with("x-forwarded-")
+            || CLIENT_ADDRESS.contains(&k)
+            // Only the gateway says what is released; a patron could forge these.
+            || k.starts_with("x-portvakt-")
+    });
+
+    scrub_cookies(h, f.gateway_cookies);
+    scrub_referer(h, header::REFERER, f.hosts, f.service);
+    scrub_referer(h, header::ORIGIN, f.hosts, f.service);
+
+    let accept: Vec<String> = h
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            let coding = t
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            DECODABLE.contains(&coding.as_str())
+        })
+        .map(str::to_owned)
+        .collect();
+    if h.contains_key(header::ACCEPT_ENCODING) {
+        let value = if accept.is_empty() {
+            "identity".to_owned()
+        } else {
+            accept.join(", ")
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(header::ACCEPT_ENCODING, v);
+        }
+    }
+
+    for (name, value) in &f.release {
+        let header = super::release_header_name(name);
+        // Bytes, not str: a value may be UTF-8 (a name with ø); only CR, LF and NUL are
+        // refused, and such a value is left out rather than sent broken.
+        match (
+            HeaderName::from_bytes(header.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            (Ok(k), Ok(v)) => {
+                h.append(k, v);
+            }
+            _ => tracing::warn!(attribute = %name, "released attribute not sendable as a header"),
+        }
+    }
+}
+
+/// Removes the gateway's cookies from `Cookie`, keeping the vendor's own; merges
+/// several `Cookie` headers (HTTP/2 splits them) into one, as HTTP/1 requires.
+fn scrub_cookies(h: &mut HeaderMap, gateway: &[String]) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or("").trim();
+            !gateway.iter().any(|g| g == name)
+        })
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// `Referer` and `Origin`: the login host's is dropped (a vendor must not learn where the
+/// patron logged in, nor the entry-ticket URL); a service host's is mapped back to the
+/// vendor's origin, in full for this service's own hosts and as a bare origin for another
+/// service's (what a browser's default referrer policy sends across origins); anything else
+/// that does not parse is dropped.
+fn scrub_referer(h: &mut HeaderMap, name: HeaderName, hosts: &HostMap, service: &str) {
+    let Some(value) = h.get(&name) else {
+        return;
+    };
+    if value.as_bytes() == b"null" {
+        return;
+    }
+    let Some(url) = value.to_str().ok().and_then(|v| Url::parse(v).ok()) else {
+        h.remove(&name);
+        return;
+    };
+    let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+    let replacement = match hosts.classify(authority) {
+        HostKind::Login => None,
+        HostKind::Service(s) => {
+            let whole = name == header::REFERER && s.service.as_str() == service;
+            hosts.to_origin_url(&url, whole).map(|(_, u)| {
+                if name == header::ORIGIN {
+                    u.trim_end_matches('/').to_owned()
+                } else {
+                    u
+                }
+            })
+        }
+        HostKind::Other => return,
+    };
+    match replacement.and_then(|u| HeaderValue::from_str(&u).ok()) {
+        Some(v) => {
+            h.insert(name, v);
+        }
+        None => {
+            h.remove(&name);
+        }
+    }
+}
+
+/// The content coding of a body we can decode; anything else is passed on untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+/// What the body needs, decided from the response head.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// `Some`: an HTML body to decode and rewrite.
+    pub html: Option<HtmlPlan>,
+}
+
+#[derive(Debug)]
+pub(super) struct HtmlPlan {
+    pub coding: Coding,
+    /// From `Content-Type`'s `charset`; `None` lets a `<meta charset>` decide (else UTF-8).
+    pub charset: Option<&'static encoding_rs::Encoding>,
+}
+
+/// Moves the response head onto the service host and plans the body.
+pub(super) fn rewrite_response(
+    parts: &mut http::response::Parts,
+    method: &Method,
+    f: &Forward<'_>,
+) -> Plan {
+    let h = &mut parts.headers;
+    let named = connection_tokens(h);
+    // Alt-Svc would point the browser at the vendor's other endpoints for our host.
+    remove_where(h, |k| is_hop_by_hop(k, &named) || k == "alt-svc");
+
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        rewrite_each(h, name, |v| f.hosts.rewrite_link(f.service, v));
+    }
+    rewrite_each(h, HeaderName::from_static("refresh"), |v| {
+        rewrite_refresh(f.hosts, f.service, v)
+    });
+    rewrite_set_cookies(h, f.hosts.scheme(), f.gateway_cookies);
+
+    let plan = plan_body(h, parts.status);
+    let bodiless = method == Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if plan.is_some() {
+        // The body that goes out is decoded and changed: its length, coding and digests
+        // are unknown or wrong, and byte ranges of the original no longer line up.
+        for k in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::ACCEPT_RANGES,
+        ] {
+            h.remove(k);
+        }
+        remove_where(h, |k| {
+            matches!(
+                k,
+                "content-md5" | "digest" | "content-digest" | "repr-digest"
+            )
+        });
+        weaken_etag(h);
+    }
+    Plan {
+        // A HEAD, 204 or 304 answer has no body to decode, only the head to match a GET's.
+        html: if bodiless { None } else { plan },
+    }
+}
+
+fn plan_body(h: &HeaderMap, status: StatusCode) -> Option<HtmlPlan> {
+    if status == StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    let ct = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mut params = ct.split(';');
+    let essence = params.next()?.trim().to_ascii_lowercase();
+    if essence != "text/html" && essence != "application/xhtml+xml" {
+        return None;
+    }
+    let charset = params
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .and_then(|(_, v)| encoding_rs::Encoding::for_label(v.trim().trim_matches('"').as_bytes()))
+        // lol_html handles only ASCII-compatible encodings; UTF-16 pages go through as they are.
+        .map(|e| e.is_ascii_compatible().then_some(e));
+    let charset = match charset {
+        Some(None) => return None,
+        Some(Some(e)) => Some(e),
+        None => None,
+    };
+    let codings: Vec<String> = h
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    let coding = match codings.as_slice() {
+        [] => Coding::Identity,
+        [one] => match one.as_str() {
+            "gzip" | "x-gzip" => Coding::Gzip,
+            "deflate" => Coding::Deflate,
+            "br" => Coding::Brotli,
+            // Not ours to decode (zstd despite our Accept-Encoding): passed on untouched.
+            _ => return None,
+        },
+        // Stacked codings are legal but unseen in practice; not worth a decoder chain.
+        _ => return None,
+    };
+    Some(HtmlPlan { coding, charset })
+}
+
+fn weaken_etag(h: &mut HeaderMap) {
+    let Some(tag) = h.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if tag.starts_with("W/") {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("W/{tag}")) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// Applies `f` to each value of `name`, replacing the ones it rewrites.
+fn rewrite_each(h: &mut HeaderMap, name: HeaderName, f: impl Fn(&str) -> Option<String>) {
+    if !h.contains_key(&name) {
+        return;
+    }
+    let values: Vec<HeaderValue> = h
+        .get_all(&name)
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(&f)
+                .and_then(|s| HeaderValue::from_str(&s).ok())
+                .unwrap_or_else(|| v.clone())
+        })
+        .collect();
+    h.remove(&name);
+    for v in values {
+        h.append(name.clone(), v);
+    }
+}
+
+/// `5; url=https://origin/x` (also `5;URL='…'`, `0, …`): the URL part rewritten.
+/// Shared with `<meta http-equiv=refresh content=…>`.
+pub(super) fn rewrite_refresh(hosts: &HostMap, service: &str, value: &str) -> Option<String> {
+    let sep = value.find([';', ','])?;
+    let (head, rest) = value.split_at(sep + 1);
+    let trimmed = rest.trim_start();
+    let mut url_start = head.len() + (rest.len() - trimmed.len());
+    if trimmed.len() >= 3 && trimmed[..3].eq_ignore_ascii_case("url") {
+        let after = trimmed[3..].trim_start();
+        if let Some(after_eq) = after.strip_prefix('=') {
+            url_start = value.len() - after_eq.trim_start().len();
+        }
+    }
+    let mut url = &value[url_start..];
+    let mut close = "";
+    if let Some(q) = url.chars().next().filter(|c| *c == '\'' || *c == '"') {
+        url = &url[1..];
+        url_start += 1;
+        if let Some(end) = url.find(q) {
+            url = &url[..end];
+            close = &value[url_start + end..];
+        }
+    }
+    let new = hosts.rewrite_link(service, url)?;
+    Some(format!("{}{new}{close}", &value[..url_start]))
+}
+
+/// `Set-Cookie` onto the service host: `Domain` dropped (host-only, so it never reaches
+/// another service host or the login host); over plain http `Secure` dropped (the browser
+/// would discard the cookie) along with `SameSite=None` (invalid without `Secure`); a
+/// cookie named like one of the gateway's is dropped whole, so a vendor cannot overwrite
+/// the session cookie on its service host.
+fn rewrite_set_cookies(h: &mut HeaderMap, scheme: Scheme, gateway: &[String]) {
+    if !h.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let values: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| {
+            // Cookie values are bytes; one that is not text is passed on as it came.
+            let Ok(s) = v.to_str() else {
+                return Some(v.clone());
+            };
+            let mut parts = s.split(';');
+            let pair = parts.next().unwrap_or("").trim();
+            let name = pair.split('=').next().unwrap_or("").trim();
+            if gateway.iter().any(|g| g == name) {
+                return None;
+            }
+            let mut out = vec![pair.to_owned()];
+            for attr in parts.map(str::trim).filter(|a| !a.is_empty()) {
+                let (key, val) = attr.split_once('=').unwrap_or((attr, ""));
+                let key = key.trim().to_ascii_lowercase();
+                let drop = key == "domain"
+                    || (scheme == Scheme::Http
+                        && (key == "secure"
+                            || (key == "samesite" && val.trim().eq_ignore_ascii_case("none"))));
+                if !drop {
+                    out.push(attr.to_owned());
+                }
+            }
+            HeaderValue::from_str(&out.join("; ")).ok()
+        })
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in values {
+        h.append(header::SET_COOKIE, v);
+    }
+}

@@ -1,0 +1,276 @@
+//! The installation's host map: each proxied service's origins ⇄ the gateway's service hosts.
+//!
+//! Built once per policy load from every proxy service's `origin` and `hosts`. A request's
+//! `Host` comes in through [`HostMap::lookup`] (which service, which origin to send to); URLs
+//! from a vendor go out through [`HostMap::rewrite_link`] and [`HostMap::to_service_url`],
+//! which only ever map that service's own origins, leaving every other URL as it was.
+
+use std::collections::HashMap;
+
+use url::{Origin, Position, Url};
+
+use crate::config::Scheme;
+use crate::ids::ServiceId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostMapError {
+    #[error("service \"{service}\": origin \"{origin}\" is not an http or https URL with a host")]
+    BadOrigin { service: String, origin: String },
+    #[error("services \"{first}\" and \"{second}\" would both answer at host label \"{label}\"")]
+    Collision {
+        label: String,
+        first: String,
+        second: String,
+    },
+    #[error("public host \"{0}\" is not a host name with an optional port")]
+    BadPublicHost(String),
+}
+
+/// One service host: what answers at `<label>.<public_host>`.
+#[derive(Clone, Debug)]
+pub struct ServiceHost {
+    pub service: ServiceId,
+    /// `scheme://host[:port]` of the vendor's origin behind this host.
+    pub origin: Url,
+    /// `avis` for the main origin, `avis--1` for its `hosts[0]`, and so on.
+    pub label: String,
+}
+
+/// What a host names, from the gateway's point of view.
+#[derive(Debug)]
+pub enum HostKind<'a> {
+    /// `public_host`: the login pages.
+    Login,
+    Service(&'a ServiceHost),
+    /// Anything else, the gateway's business or not.
+    Other,
+}
+
+#[derive(Debug)]
+pub struct HostMap {
+    /// Lowercase, as configured (`bib.localhost:8080`): what links are built with.
+    public_host: String,
+    /// Its name without the port, and the port (the scheme's default when none is given).
+    public_name: String,
+    public_port: u16,
+    scheme: Scheme,
+    by_label: HashMap<String, ServiceHost>,
+    /// Per service: each origin and the service host (`label.public_host`) it maps to.
+    by_service: HashMap<String, Vec<(Origin, String)>>,
+}
+
+impl HostMap {
+    /// `services`: per proxied service, its id, main origin and `hosts` list, in order
+    /// (the order gives the `--1`, `--2` labels, so it must follow the policy file).
+    pub fn new(
+        public_host: &str,
+        scheme: Scheme,
+        services: impl IntoIterator<Item = (ServiceId, Url, Vec<Url>)>,
+    ) -> Result<Self, HostMapError> {
+        let public_host = public_host.to_ascii_lowercase();
+        let (public_name, port) = split_port(&public_host)
+            .ok_or_else(|| HostMapError::BadPublicHost(public_host.clone()))?;
+        if public_name.is_empty() {
+            return Err(HostMapError::BadPublicHost(public_host));
+        }
+        let public_port = port.unwrap_or(default_port(scheme));
+        let mut map = Self {
+            public_name: public_name.to_owned(),
+            public_host,
+            public_port,
+            scheme,
+            by_label: HashMap::new(),
+            by_service: HashMap::new(),
+        };
+        for (service, origin, hosts) in services {
+            let labelled = std::iter::once((service.to_string(), origin)).chain(
+                hosts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("{service}--{}", i + 1), u)),
+            );
+            for (label, url) in labelled {
+                map.insert(&service, label, url)?;
+            }
+        }
+        Ok(map)
+    }
+
+    fn insert(&mut self, service: &ServiceId, label: String, url: Url) -> Result<(), HostMapError> {
+        let origin = url.origin();
+        if !matches!(url.scheme(), "http" | "https") || !origin.is_tuple() {
+            return Err(HostMapError::BadOrigin {
+                service: service.to_string(),
+                origin: url.to_string(),
+            });
+        }
+        if let Some(taken) = self.by_label.get(&label) {
+            return Err(HostMapError::Collision {
+                label,
+                first: taken.service.to_string(),
+                second: service.to_string(),
+            });
+        }
+        let host = format!("{label}.{}", self.public_host);
+        self.by_service
+            .entry(service.to_string())
+            .or_default()
+            .push((origin, host));
+        // Only the origin is kept: a stray path in the config must not prefix requests.
+        let origin_url = Url::parse(&url.origin().ascii_serialization()).unwrap_or(url);
+        self.by_label.insert(
+            label.clone(),
+            ServiceHost {
+                service: service.clone(),
+                origin: origin_url,
+                label,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn public_host(&self) -> &str {
+        &self.public_host
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The service host a `Host` header (or HTTP/2 `:authority`) names, if any.
+    pub fn lookup(&self, host: &str) -> Option<&ServiceHost> {
+        match self.classify(host) {
+            HostKind::Service(s) => Some(s),
+            HostKind::Login | HostKind::Other => None,
+        }
+    }
+
+    /// Login host, a service host or neither. `authority` is `host[:port]`, any case.
+    pub fn classify(&self, authority: &str) -> HostKind<'_> {
+        let authority = authority.trim_end_matches('.').to_ascii_lowercase();
+        let Some((name, port)) = split_port(&authority) else {
+            return HostKind::Other;
+        };
+        let name = name.trim_end_matches('.');
+        if port.unwrap_or(default_port(self.scheme)) != self.public_port {
+            return HostKind::Other;
+        }
+        if name == self.public_name {
+            return HostKind::Login;
+        }
+        let label = name
+            .strip_suffix(self.public_name.as_str())
+            .and_then(|l| l.strip_suffix('.'));
+        match label.and_then(|l| self.by_label.get(l)) {
+            Some(s) => HostKind::Service(s),
+            None => HostKind::Other,
+        }
+    }
+
+    /// `label.public_host` for one of `service`'s own origins.
+    pub fn service_host(&self, service: &str, origin: &Origin) -> Option<&str> {
+        self.by_service
+            .get(service)?
+            .iter()
+            .find(|(o, _)| o == origin)
+            .map(|(_, h)| h.as_str())
+    }
+
+    /// `url` moved onto its service host, when its origin is one of `service`'s.
+    pub fn to_service_url(&self, service: &str, url: &Url) -> Option<String> {
+        let host = self.service_host(service, &url.origin())?;
+        Some(format!(
+            "{}://{host}{}",
+            self.scheme.as_str(),
+            &url[Position::BeforePath..]
+        ))
+    }
+
+    /// A URL as the browser sent it (`Referer`) moved back onto the vendor's origin, when
+    /// it names a service host. `whole`: keep path and query; else the origin alone.
+    pub fn to_origin_url(&self, url: &Url, whole: bool) -> Option<(&ServiceHost, String)> {
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let HostKind::Service(s) = self.classify(authority) else {
+            return None;
+        };
+        let base = s.origin.origin().ascii_serialization();
+        let rest = if whole {
+            &url[Position::BeforePath..Position::AfterQuery]
+        } else {
+            "/"
+        };
+        Some((s, format!("{base}{rest}")))
+    }
+
+    /// Rewrites an absolute (`http://`, `https://`) or protocol-relative (`//host/…`) link
+    /// to one of `service`'s origins onto its service host, touching only the part up to
+    /// the authority so that the rest (entities, odd escapes) stays byte for byte. `None`:
+    /// relative, foreign, or not a URL we understand; leave it alone.
+    pub fn rewrite_link(&self, service: &str, raw: &str) -> Option<String> {
+        // Browsers strip leading and trailing ASCII whitespace from URL attributes.
+        let lead = raw.len() - raw.trim_start().len();
+        let s = &raw[lead..];
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("//") {
+            (None, rest)
+        } else if let Some(rest) = strip_prefix_ci(s, "https://") {
+            (Some("https"), rest)
+        } else if let Some(rest) = strip_prefix_ci(s, "http://") {
+            (Some("http"), rest)
+        } else {
+            return None;
+        };
+        let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if authority.is_empty()
+            || authority.contains('@')
+            || authority.contains(char::is_whitespace)
+        {
+            return None;
+        }
+        let candidates = self.by_service.get(service)?;
+        let host = match scheme {
+            Some(scheme) => {
+                let origin = Url::parse(&format!("{scheme}://{authority}/"))
+                    .ok()?
+                    .origin();
+                self.service_host(service, &origin)?
+            }
+            // Protocol-relative: resolved against the page, which came from one of the
+            // vendor's origins, so each origin is tried with its own scheme.
+            None => candidates.iter().find_map(|(o, h)| {
+                let Origin::Tuple(scheme, ..) = o else {
+                    return None;
+                };
+                let parsed = Url::parse(&format!("{scheme}://{authority}/")).ok()?;
+                (parsed.origin() == *o).then_some(h.as_str())
+            })?,
+        };
+        let prefix = match scheme {
+            Some(_) => format!("{}://", self.scheme.as_str()),
+            None => "//".to_owned(),
+        };
+        Some(format!("{}{prefix}{host}{tail}", &raw[..lead]))
+    }
+}
+
+fn default_port(s: Scheme) -> u16 {
+    match s {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    }
+}
+
+/// `name[:port]` → (name, port). `None` for a port that is not a number.
+fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    match authority.rsplit_once(':') {
+        // An IPv6 literal without a port has colons too, but no `]` after the last one.
+        Some((name, port)) if !port.contains(']') => Some((name, Some(port.parse().ok()?))),
+        _ => Some((authority, None)),
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}

@@ -1,0 +1,413 @@
+//! Unit tests of the pure parts: host map, link, srcset, CSS and Refresh rewriting,
+//! request scrubbing and response-head rewriting. `tests/proxy_forward.rs` has the rest.
+
+use std::sync::Arc;
+
+use http::header::HeaderMap;
+use http::{Method, Response, StatusCode, Uri, Version};
+use url::Url;
+
+use super::headers::{Coding, rewrite_refresh, rewrite_response, scrub_request};
+use super::hosts::{HostKind, HostMap, HostMapError};
+use super::html::{rewrite_css_urls, rewrite_srcset};
+use super::{Forward, ProxyError, Timeouts, release_header_name, upstream_uri};
+use crate::config::Scheme;
+use crate::ids::ServiceId;
+
+fn url(s: &str) -> Url {
+    Url::parse(s).unwrap()
+}
+
+fn map(scheme: Scheme) -> HostMap {
+    HostMap::new(
+        "Bib.localhost:8080",
+        scheme,
+        [
+            (
+                ServiceId::from("avis"),
+                url("https://www.avis.example"),
+                vec![
+                    url("https://cdn.avis.example"),
+                    url("http://img.avis.example:8081"),
+                ],
+            ),
+            (ServiceId::from("film"), url("https://film.example"), vec![]),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn labels_are_the_service_id_then_numbered_hosts() {
+    let m = map(Scheme::Http);
+    let s = m.lookup("avis.bib.localhost:8080").unwrap();
+    assert_eq!(s.service.as_str(), "avis");
+    assert_eq!(s.origin.as_str(), "https://www.avis.example/");
+    assert_eq!(
+        m.lookup("AVIS--1.bib.localhost:8080")
+            .unwrap()
+            .origin
+            .as_str(),
+        "https://cdn.avis.example/"
+    );
+    assert_eq!(
+        m.lookup("avis--2.bib.localhost:8080")
+            .unwrap()
+            .origin
+            .as_str(),
+        "http://img.avis.example:8081/"
+    );
+    assert!(m.lookup("avis--3.bib.localhost:8080").is_none());
+    assert!(m.lookup("avis.bib.localhost:9999").is_none(), "wrong port");
+    assert!(
+        m.lookup("avis.bib.localhost").is_none(),
+        "default port is not 8080"
+    );
+    assert!(m.lookup("x.avis.bib.localhost:8080").is_none());
+    assert!(matches!(m.classify("bib.localhost:8080"), HostKind::Login));
+    assert!(matches!(m.classify("evil.example"), HostKind::Other));
+}
+
+#[test]
+fn without_a_port_the_schemes_default_port_matches() {
+    let m = HostMap::new(
+        "bib.example.no",
+        Scheme::Https,
+        [(
+            ServiceId::from("avis"),
+            url("https://www.avis.example"),
+            vec![],
+        )],
+    )
+    .unwrap();
+    assert!(m.lookup("avis.bib.example.no").is_some());
+    assert!(m.lookup("avis.bib.example.no:443").is_some());
+    assert!(m.lookup("avis.bib.example.no:80").is_none());
+    assert_eq!(
+        m.rewrite_link("avis", "https://www.avis.example/a")
+            .as_deref(),
+        Some("https://avis.bib.example.no/a")
+    );
+}
+
+#[test]
+fn colliding_labels_and_bad_origins_are_refused() {
+    let err = HostMap::new(
+        "bib.localhost",
+        Scheme::Http,
+        [
+            (
+                ServiceId::from("avis"),
+                url("https://a.example"),
+                vec![url("https://b.example")],
+            ),
+            (ServiceId::from("avis--1"), url("https://c.example"), vec![]),
+        ],
+    )
+    .unwrap_err();
+    assert!(matches!(err, HostMapError::Collision { .. }), "{err}");
+    let err = HostMap::new(
+        "bib.localhost",
+        Scheme::Http,
+        [(ServiceId::from("avis"), url("ftp://a.example"), vec![])],
+    )
+    .unwrap_err();
+    assert!(matches!(err, HostMapError::BadOrigin { .. }), "{err}");
+}
+
+#[test]
+fn only_the_services_own_origins_are_rewritten() {
+    let m = map(Scheme::Http);
+    let r = |s: &str| m.rewrite_link("avis", s);
+    assert_eq!(
+        r("https://www.avis.example/a?b=1&amp;c#d").as_deref(),
+        Some("http://avis.bib.localhost:8080/a?b=1&amp;c#d")
+    );
+    assert_eq!(
+        r("HTTPS://WWW.AVIS.EXAMPLE").as_deref(),
+        Some("http://avis.bib.localhost:8080")
+    );
+    assert_eq!(
+        r("https://www.avis.example:443/x").as_deref(),
+        Some("http://avis.bib.localhost:8080/x")
+    );
+    assert_eq!(
+        r("https://cdn.avis.example/i.png").as_deref(),
+        Some("http://avis--1.bib.localhost:8080/i.png")
+    );
+    assert_eq!(
+        r("http://img.avis.example:8081/i").as_deref(),
+        Some("http://avis--2.bib.localhost:8080/i")
+    );
+    assert_eq!(
+        r("  //cdn.avis.example/p").as_deref(),
+        Some("  //avis--1.bib.localhost:8080/p")
+    );
+    assert_eq!(
+        r("//img.avis.example:8081/p").as_deref(),
+        Some("//avis--2.bib.localhost:8080/p")
+    );
+    for untouched in [
+        "http://www.avis.example/x", // the origin is https: another origin
+        "https://www.avis.example:8443/x",
+        "https://film.example/x", // another service's origin
+        "https://foreign.example/",
+        "https://user@www.avis.example/",
+        "/relative",
+        "relative/path",
+        "#frag",
+        "javascript:alert(1)",
+        "mailto:a@www.avis.example",
+        "data:text/html,https://www.avis.example/",
+        "//img.avis.example/p", // port 80, not 8081
+    ] {
+        assert_eq!(r(untouched), None, "{untouched}");
+    }
+    assert_eq!(m.rewrite_link("film", "https://www.avis.example/x"), None);
+}
+
+#[test]
+fn service_urls_and_origin_urls_map_both_ways() {
+    let m = map(Scheme::Https);
+    assert_eq!(
+        m.to_service_url("avis", &url("https://cdn.avis.example/a?b"))
+            .as_deref(),
+        Some("https://avis--1.bib.localhost:8080/a?b")
+    );
+    let (s, o) = m
+        .to_origin_url(&url("http://avis--1.bib.localhost:8080/p?q#f"), true)
+        .unwrap();
+    assert_eq!(s.service.as_str(), "avis");
+    assert_eq!(o, "https://cdn.avis.example/p?q");
+    let (_, o) = m
+        .to_origin_url(&url("http://film.bib.localhost:8080/p"), false)
+        .unwrap();
+    assert_eq!(o, "https://film.example/");
+}
+
+#[test]
+fn srcset_candidates_are_rewritten_each() {
+    let m = map(Scheme::Http);
+    assert_eq!(
+        rewrite_srcset(
+            &m,
+            "avis",
+            "https://cdn.avis.example/a.png 1x,https://foreign.example/b.png 2x, //www.avis.example/c,d.png 480w"
+        )
+        .as_deref(),
+        Some(
+            "http://avis--1.bib.localhost:8080/a.png 1x,https://foreign.example/b.png 2x, //avis.bib.localhost:8080/c,d.png 480w"
+        )
+    );
+    // Without whitespace after the comma it is one URL with a comma in it, as a browser
+    // parses it: only its start is a link to the origin.
+    assert_eq!(
+        rewrite_srcset(
+            &m,
+            "avis",
+            "https://cdn.avis.example/a.png,https://cdn.avis.example/b.png"
+        )
+        .as_deref(),
+        Some("http://avis--1.bib.localhost:8080/a.png,https://cdn.avis.example/b.png")
+    );
+    assert_eq!(
+        rewrite_srcset(
+            &m,
+            "avis",
+            "https://cdn.avis.example/a.png,, https://cdn.avis.example/b.png"
+        )
+        .as_deref(),
+        Some("http://avis--1.bib.localhost:8080/a.png,, http://avis--1.bib.localhost:8080/b.png")
+    );
+    assert_eq!(rewrite_srcset(&m, "avis", "/a.png 1x, /b.png 2x"), None);
+}
+
+#[test]
+fn css_urls_are_rewritten_quoted_or_not() {
+    let m = map(Scheme::Http);
+    assert_eq!(
+        rewrite_css_urls(
+            &m,
+            "avis",
+            r#"background:URL( "https://cdn.avis.example/a.png" ); x: url(https://www.avis.example/b) url(/c)"#
+        )
+        .as_deref(),
+        Some(
+            r#"background:URL( "http://avis--1.bib.localhost:8080/a.png" ); x: url(http://avis.bib.localhost:8080/b) url(/c)"#
+        )
+    );
+    assert_eq!(
+        rewrite_css_urls(&m, "avis", "color: red; background: url(x.png)"),
+        None
+    );
+}
+
+#[test]
+fn refresh_values_in_their_spellings() {
+    let m = map(Scheme::Http);
+    let r = |v: &str| rewrite_refresh(&m, "avis", v);
+    assert_eq!(
+        r("5; url=https://www.avis.example/x").as_deref(),
+        Some("5; url=http://avis.bib.localhost:8080/x")
+    );
+    assert_eq!(
+        r("0;URL='https://www.avis.example/x'").as_deref(),
+        Some("0;URL='http://avis.bib.localhost:8080/x'")
+    );
+    assert_eq!(
+        r("3, https://cdn.avis.example/").as_deref(),
+        Some("3, http://avis--1.bib.localhost:8080/")
+    );
+    assert_eq!(r("5; url=https://foreign.example/"), None);
+    assert_eq!(r("5"), None);
+}
+
+#[test]
+fn release_header_names_are_title_case() {
+    assert_eq!(release_header_name("pseudonym"), "X-Portvakt-Pseudonym");
+    assert_eq!(release_header_name("age_over_18"), "X-Portvakt-Age-Over-18");
+    assert_eq!(
+        release_header_name("home_INSTITUTION"),
+        "X-Portvakt-Home-Institution"
+    );
+}
+
+#[test]
+fn only_origin_form_targets_are_forwarded() {
+    let o = url("https://www.avis.example");
+    let ok = upstream_uri(
+        &Method::GET,
+        Version::HTTP_11,
+        &Uri::from_static("/a?b=c"),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(ok, "https://www.avis.example/a?b=c");
+    for (m, v, t) in [
+        (Method::GET, Version::HTTP_11, "http://evil.example/"),
+        (Method::GET, Version::HTTP_10, "https://www.avis.example/a"),
+        (Method::CONNECT, Version::HTTP_11, "evil.example:443"),
+        (Method::CONNECT, Version::HTTP_2, "https://evil.example/"),
+        (Method::OPTIONS, Version::HTTP_11, "*"),
+    ] {
+        let err = upstream_uri(&m, v, &t.parse().unwrap(), &o).unwrap_err();
+        assert!(matches!(err, ProxyError::BadRequest(_)), "{m} {t}: {err}");
+    }
+    // HTTP/2 always carries scheme and authority; the origin replaces them.
+    let h2 = upstream_uri(
+        &Method::GET,
+        Version::HTTP_2,
+        &"https://evil.example/p".parse().unwrap(),
+        &o,
+    );
+    assert_eq!(h2.unwrap(), "https://www.avis.example/p");
+}
+
+fn forward_for<'a>(hosts: &'a Arc<HostMap>, origin: &'a Url, cookies: &'a [String]) -> Forward<'a> {
+    Forward {
+        origin,
+        hosts,
+        service: "avis",
+        release: vec![("pseudonym".into(), "ps".into())],
+        gateway_cookies: cookies,
+        timeouts: Timeouts::default(),
+    }
+}
+
+#[test]
+fn h2_split_cookies_are_merged_without_ours() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let origin = url("https://www.avis.example");
+    let cookies = vec!["pv".to_owned()];
+    let f = forward_for(&hosts, &origin, &cookies);
+    let mut h = HeaderMap::new();
+    h.append("cookie", "a=1".parse().unwrap());
+    h.append("cookie", "pv=secret; b=2".parse().unwrap());
+    h.append("cookie", "pvx=kept".parse().unwrap());
+    h.insert(
+        "referer",
+        "http://avis--1.bib.localhost:8080/x?y".parse().unwrap(),
+    );
+    h.insert("origin", "null".parse().unwrap());
+    h.insert("accept-encoding", "zstd".parse().unwrap());
+    scrub_request(&mut h, &f);
+    assert_eq!(h.get_all("cookie").iter().count(), 1);
+    assert_eq!(h["cookie"], "a=1; b=2; pvx=kept");
+    assert_eq!(h["referer"], "https://cdn.avis.example/x?y");
+    assert_eq!(h["origin"], "null");
+    assert_eq!(h["accept-encoding"], "identity");
+    assert_eq!(h["x-portvakt-pseudonym"], "ps");
+
+    // Another service's host: only its origin, as a browser would send across origins.
+    let mut h = HeaderMap::new();
+    h.insert(
+        "referer",
+        "http://film.bib.localhost:8080/secret/path"
+            .parse()
+            .unwrap(),
+    );
+    scrub_request(&mut h, &f);
+    assert_eq!(h["referer"], "https://film.example/");
+}
+
+#[test]
+fn response_heads_are_rewritten_and_html_planned() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let origin = url("https://www.avis.example");
+    let cookies = vec!["pv".to_owned()];
+    let f = forward_for(&hosts, &origin, &cookies);
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("connection", "x-secret")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("alt-svc", "h3=\":443\"")
+        .header("content-type", "Text/HTML; Charset=\"ISO-8859-1\"")
+        .header("content-encoding", "br")
+        .header("content-length", "10")
+        .header("etag", "\"x\"")
+        .header("set-cookie", "pv=planted")
+        .header("location", "https://cdn.avis.example/next")
+        .body(())
+        .unwrap();
+    let (mut parts, ()) = resp.into_parts();
+    let plan = rewrite_response(&mut parts, &Method::GET, &f);
+    let html = plan.html.unwrap();
+    assert_eq!(html.coding, Coding::Brotli);
+    assert_eq!(html.charset, Some(encoding_rs::WINDOWS_1252));
+    let h = &parts.headers;
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "alt-svc",
+        "content-encoding",
+        "content-length",
+        "set-cookie",
+    ] {
+        assert!(!h.contains_key(gone), "{gone}");
+    }
+    assert_eq!(h["etag"], "W/\"x\"");
+    assert_eq!(h["location"], "http://avis--1.bib.localhost:8080/next");
+
+    // Not ours to decode, a range, or not HTML: the body passes as it is, still encoded.
+    for (ct, ce, status) in [
+        ("text/html", "zstd", StatusCode::OK),
+        ("text/html", "gzip", StatusCode::PARTIAL_CONTENT),
+        ("application/json", "gzip", StatusCode::OK),
+        ("text/html; charset=utf-16", "", StatusCode::OK),
+    ] {
+        let mut b = Response::builder()
+            .status(status)
+            .header("content-type", ct);
+        if !ce.is_empty() {
+            b = b.header("content-encoding", ce);
+        }
+        let (mut parts, ()) = b.body(()).unwrap().into_parts();
+        let plan = rewrite_response(&mut parts, &Method::GET, &f);
+        assert!(plan.html.is_none(), "{ct} {ce} {status}");
+        if !ce.is_empty() {
+            assert_eq!(parts.headers["content-encoding"], ce);
+        }
+    }
+}
