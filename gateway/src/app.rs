@@ -24,6 +24,12 @@ use crate::telemetry::{self, Metrics};
 /// Everything a request handler may need.
 pub struct App {
     policy: ArcSwap<Policy>,
+    /// Service hosts ⇄ vendor origins, rebuilt with every policy.
+    hosts: ArcSwap<crate::proxy::HostMap>,
+    /// The pooled connections to vendors.
+    pub upstreams: crate::proxy::Upstreams,
+    /// Names of the gateway's own cookies, never sent to a vendor.
+    pub gateway_cookies: Vec<String>,
     pub policy_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -33,6 +39,10 @@ pub struct App {
     pub pseudonym_key: PseudonymKey,
     /// Keys the CSRF tokens of the login form (before there is a session).
     csrf_key: Hmac<Sha256>,
+    /// Keys the binding of a service-host cookie to its session and host.
+    binding_key: Hmac<Sha256>,
+    /// Per-person, per-service request rates (`rate_per_user`).
+    pub rate_limits: crate::service_host::RateLimits,
     /// `bib.example.no` or `bib.localhost:8080`, lower case.
     pub public_host: String,
     pub public_scheme: Scheme,
@@ -71,6 +81,8 @@ pub struct AppParts {
     pub public_scheme: Scheme,
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// Connections to vendors (timeouts, extra CAs for tests).
+    pub upstream_settings: crate::proxy::UpstreamSettings,
 }
 
 impl std::fmt::Debug for AppParts {
@@ -85,10 +97,31 @@ impl App {
     pub fn new(parts: AppParts) -> Result<Arc<App>, String> {
         let csrf_key = Hmac::<Sha256>::new_from_slice(&parts.session_key)
             .map_err(|_| "the session key cannot key an HMAC".to_owned())?;
+        // A separate key for each use, derived from the session key.
+        let mut derive = csrf_key.clone();
+        derive.update(b"portvakt-service-cookie-key");
+        let binding_key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())
+            .map_err(|_| "the session key cannot key an HMAC".to_owned())?;
         let metrics = Metrics::default();
         record_policy(&metrics, &parts.policy);
+        let hosts = host_map(&parts.policy, &parts.public_host, parts.public_scheme)?;
+        let upstreams = crate::proxy::Upstreams::new(&parts.upstream_settings)
+            .map_err(|e| format!("cannot set up connections to vendors: {e}"))?;
+        let gateway_cookies = [
+            "portvakt",
+            "portvakt-login",
+            "portvakt-svc",
+            "__Host-portvakt",
+            "__Host-portvakt-login",
+            "__Host-portvakt-svc",
+        ]
+        .map(str::to_owned)
+        .to_vec();
         Ok(Arc::new(App {
             policy: ArcSwap::from_pointee(parts.policy),
+            hosts: ArcSwap::from_pointee(hosts),
+            upstreams,
+            gateway_cookies,
             policy_dir: parts.policy_dir,
             store: parts.store,
             clock: parts.clock,
@@ -96,6 +129,8 @@ impl App {
             throttle: Throttle::new(parts.session_key, Default::default()),
             pseudonym_key: parts.pseudonym_key,
             csrf_key,
+            binding_key,
+            rate_limits: Default::default(),
             public_host: parts.public_host.to_ascii_lowercase(),
             secure_cookies: parts.public_scheme == Scheme::Https,
             public_scheme: parts.public_scheme,
@@ -103,6 +138,11 @@ impl App {
             trusted_proxies: parts.trusted_proxies,
             metrics,
         }))
+    }
+
+    /// The current service hosts.
+    pub fn hosts(&self) -> Arc<crate::proxy::HostMap> {
+        self.hosts.load_full()
     }
 
     /// The current policy. Cheap; a request keeps the one it started with.
@@ -116,7 +156,24 @@ impl App {
         match policy::load_dir(&self.policy_dir) {
             Ok((new, warnings)) => {
                 record_policy(&self.metrics, &new);
+                let scheme = self.public_scheme;
+                let hosts = match host_map(&new, &self.public_host, scheme) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!("policy reload refused: {e}");
+                        return Err(LoadError {
+                            diagnostics: vec![Diagnostic {
+                                file: self.policy_dir.display().to_string(),
+                                position: None,
+                                severity: crate::policy::Severity::Error,
+                                message: e,
+                            }],
+                        });
+                    }
+                };
+                // Policy first: a request that sees the new host map finds its service.
                 self.policy.store(Arc::new(new));
+                self.hosts.store(Arc::new(hosts));
                 self.metrics
                     .inc(telemetry::POLICY_RELOADS, &[("result", "ok")]);
                 tracing::info!(summary = %self.policy().summary(), "policy reloaded");
@@ -167,6 +224,15 @@ impl App {
         }
     }
 
+    /// The MAC that binds a service-host cookie to its session id and host label.
+    pub fn service_cookie_mac(&self, session: &str, label: &str) -> String {
+        let mut mac = self.binding_key.clone();
+        mac.update(label.as_bytes());
+        mac.update(b"\0");
+        mac.update(session.as_bytes());
+        data_encoding::BASE64URL_NOPAD.encode(&mac.finalize().into_bytes()[..16])
+    }
+
     /// The client's address: the peer, unless the peer is a trusted proxy, in which case
     /// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
@@ -205,6 +271,19 @@ impl App {
             self.public_host
         )
     }
+}
+
+/// The service hosts of every proxied service in a policy.
+fn host_map(
+    policy: &Policy,
+    public_host: &str,
+    scheme: Scheme,
+) -> Result<crate::proxy::HostMap, String> {
+    let services = policy.services().iter().filter_map(|s| match &s.access {
+        crate::policy::Access::Proxy(p) => Some((s.id.clone(), p.origin.clone(), p.hosts.clone())),
+        _ => None,
+    });
+    crate::proxy::HostMap::new(public_host, scheme, services).map_err(|e| e.to_string())
 }
 
 fn record_policy(metrics: &Metrics, policy: &Policy) {

@@ -11,6 +11,8 @@ use jiff::ToSpan;
 use jiff::civil::Date;
 use tokio::net::TcpListener;
 
+pub mod vendor;
+
 use crate::app::{App, AppParts};
 use crate::auth::library_card::sip2::codec::Encoding;
 use crate::auth::library_card::sip2::server::{DemoAcsOptions, DemoPatron, serve as serve_acs};
@@ -164,6 +166,24 @@ pub async fn start(
         .await;
     });
 
+    // A demo vendor on each proxied service's loopback origin.
+    for svc in policy.services() {
+        if let crate::policy::Access::Proxy(p) = &svc.access {
+            let addr = |u: &url::Url| -> Option<SocketAddr> {
+                let host = u.host_str()?;
+                (host == "127.0.0.1").then_some(())?;
+                Some(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    u.port_or_known_default()?,
+                )))
+            };
+            if let Some(origin) = addr(&p.origin) {
+                let cdn = p.hosts.first().and_then(addr);
+                vendor::spawn(&svc.name, origin, cdn).await;
+            }
+        }
+    }
+
     // One library system for the whole county, as a consortium shares one.
     let libraries: Vec<String> = policy
         .institutions()
@@ -211,6 +231,7 @@ pub async fn start(
         public_scheme: Scheme::Http,
         session_ttl: std::time::Duration::from_secs(8 * 3600),
         trusted_proxies: Vec::new(),
+        upstream_settings: Default::default(),
     })?;
     let running = crate::server::start(app, public, admin, None).map_err(|e| e.to_string())?;
     Ok((running, cards, public_host))
@@ -228,7 +249,10 @@ pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> Strin
         "  Entry links:  http://{public_host}/go/lokalhistorie   (link)\n"
     ));
     s.push_str(&format!(
-        "                http://{public_host}/go/filmbib-18      (age limit 18)\n"
+        "                http://{public_host}/go/filmbib-18      (proxy, age limit 18)\n"
+    ));
+    s.push_str(&format!(
+        "                http://{public_host}/go/avis            (proxy; its /headers page shows what the vendor gets)\n"
     ));
     s.push_str(&format!("  Admin:        http://{admin}/metrics   http://{admin}/readyz   POST http://{admin}/reload\n"));
     s.push_str("  (*.localhost resolves to 127.0.0.1 in browsers and curl.)\n\n");

@@ -118,6 +118,7 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
         public_scheme: config.public_scheme,
         session_ttl: config.session_ttl,
         trusted_proxies: config.trusted_proxies.clone(),
+        upstream_settings: Default::default(),
     })
 }
 

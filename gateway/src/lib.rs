@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod pseudonym;
 pub mod server;
+pub mod service_host;
 pub mod session;
 pub mod store;
 pub mod subject;

@@ -46,6 +46,10 @@ pub struct Texts {
     pub walk_in_here: &'static str,
     pub error_title: &'static str,
     pub try_again: &'static str,
+    pub entry_expired: &'static str,
+    pub upstream_down: &'static str,
+    pub upstream_slow: &'static str,
+    pub bad_request: &'static str,
 }
 
 pub static NB: Texts = Texts {
@@ -85,6 +89,10 @@ pub static NB: Texts = Texts {
     walk_in_here: "Du er på bibliotekets nett og kan bruke disse tjenestene uten å logge inn:",
     error_title: "Noe gikk galt",
     try_again: "Prøv igjen",
+    entry_expired: "Lenken er utløpt eller allerede brukt. Gå inn på tjenesten på nytt.",
+    upstream_down: "Tjenesten svarer ikke akkurat nå. Prøv igjen om litt.",
+    upstream_slow: "Tjenesten bruker for lang tid på å svare. Prøv igjen om litt.",
+    bad_request: "Denne forespørselen kan vi ikke sende videre.",
 };
 
 pub static EN: Texts = Texts {
@@ -124,6 +132,10 @@ pub static EN: Texts = Texts {
     walk_in_here: "You are on the library's network and can use these services without logging in:",
     error_title: "Something went wrong",
     try_again: "Try again",
+    entry_expired: "This link has expired or has already been used. Please open the service again.",
+    upstream_down: "The service is not answering right now. Please try again in a little while.",
+    upstream_slow: "The service is taking too long to answer. Please try again in a little while.",
+    bad_request: "We cannot pass this request on.",
 };
 
 /// The language of a request: `?lang=` first, then the highest-weighted of bokmål (nb,

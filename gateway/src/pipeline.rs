@@ -71,7 +71,7 @@ fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> Heade
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
 }
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -122,7 +122,7 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn message(
+pub(crate) fn message(
     t: &'static Texts,
     status: StatusCode,
     heading: &str,
@@ -141,7 +141,7 @@ fn message(
     html(status, pages::render(&page))
 }
 
-fn see_other(location: &str) -> Response {
+pub(crate) fn see_other(location: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, location.to_owned())],
@@ -150,7 +150,10 @@ fn see_other(location: &str) -> Response {
 }
 
 async fn not_found(headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
-    let t = pages::language(&headers, q.lang.as_deref());
+    not_found_page(pages::language(&headers, q.lang.as_deref()))
+}
+
+pub(crate) fn not_found_page(t: &'static Texts) -> Response {
     message(
         t,
         StatusCode::NOT_FOUND,
@@ -261,7 +264,7 @@ fn clean_service(s: Option<&str>) -> Option<String> {
 }
 
 /// A deep-link path: starts with exactly one `/`, no backslash, no control characters.
-fn clean_path(p: Option<&str>) -> Option<String> {
+pub(crate) fn clean_path(p: Option<&str>) -> Option<String> {
     p.filter(|p| {
         p.starts_with('/')
             && !p.starts_with("//")
@@ -632,6 +635,8 @@ async fn logout(
 pub struct GoQuery {
     path: Option<String>,
     lang: Option<String>,
+    /// A host label of this service other than its main one (`avis--1`).
+    host: Option<String>,
 }
 
 /// `GET /go/{service}`: the entry link.
@@ -651,8 +656,12 @@ async fn go(
     };
     let now = jiff::Timestamp::now();
 
+    let mut session_id = None;
     let subject = match session(&app, &headers).await {
-        Some((_, data)) => subject_of(&data),
+        Some((id, data)) => {
+            session_id = Some(id);
+            subject_of(&data)
+        }
         None => {
             // A walk-in on an on-site network gets the decision without logging in; when
             // walk-in access is refused, logging in may still help, so offer it.
@@ -718,7 +727,18 @@ async fn go(
             };
             match &svc.access {
                 Access::Link { url } => see_other(url.as_str()),
-                Access::Proxy(_) | Access::Saml(_) | Access::Oidc(_) => message(
+                Access::Proxy(_) => {
+                    let label = q
+                        .host
+                        .filter(|l| {
+                            policy
+                                .proxy_origin(l)
+                                .is_some_and(|(s, ..)| s.id.as_str() == service)
+                        })
+                        .unwrap_or_else(|| service.clone());
+                    proxy_entry(&app, t, session_id, &subject, &label, path.as_deref()).await
+                }
+                Access::Saml(_) | Access::Oidc(_) => message(
                     t,
                     StatusCode::NOT_IMPLEMENTED,
                     t.not_yet_title,
@@ -728,6 +748,108 @@ async fn go(
             }
         }
     }
+}
+
+/// The entry link back from a service host that has no valid cookie: the same path, and
+/// the host label so the ticket is made for that host.
+pub(crate) fn go_location_for_host(service: &str, path: Option<&str>, label: &str) -> String {
+    let mut pairs = Vec::new();
+    if let Some(p) = path {
+        pairs.push(("path", p));
+    }
+    if label != service {
+        pairs.push(("host", label));
+    }
+    if pairs.is_empty() {
+        return format!("/go/{service}");
+    }
+    format!(
+        "/go/{service}?{}",
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    )
+}
+
+/// A permitted proxy entry: a single-use ticket for the service host, bound to the
+/// session (a walk-in gets an anonymous session of its own, with a random key, so its
+/// pseudonym links nobody), then off to `<label>.<public_host>/__portvakt/enter`.
+async fn proxy_entry(
+    app: &App,
+    t: &'static Texts,
+    session_id: Option<SessionId>,
+    subject: &Subject,
+    label: &str,
+    path: Option<&str>,
+) -> Response {
+    let now = app.clock.now();
+    let unavailable = || {
+        message(
+            t,
+            StatusCode::SERVICE_UNAVAILABLE,
+            t.error_title,
+            t.backend_down,
+            None,
+        )
+    };
+    let session_id = match session_id {
+        Some(id) => id,
+        None => {
+            let Ok(random) = crate::session::Ticket::generate() else {
+                return unavailable();
+            };
+            let walk_in = Subject {
+                key: crate::ids::SubjectKey::new(format!("walk-in:{}", random.expose())),
+                ..subject.clone()
+            };
+            let Ok(data) = SessionData::new(&walk_in, LoginMethod::Card, now) else {
+                return unavailable();
+            };
+            match app
+                .store
+                .create_session(
+                    data,
+                    crate::app::SESSION_IDLE.min(app.session_ttl),
+                    app.session_ttl,
+                    now,
+                )
+                .await
+            {
+                Ok(id) => id,
+                Err(_) => return unavailable(),
+            }
+        }
+    };
+    let Ok(ticket) = crate::session::Ticket::generate() else {
+        return unavailable();
+    };
+    let entry = crate::service_host::EntryTicket {
+        session: session_id.expose(),
+        label: label.to_owned(),
+    };
+    let stored = app
+        .store
+        .put_ticket_json(
+            crate::session::TicketKind::ProxyEntry,
+            &ticket,
+            &entry,
+            crate::service_host::TICKET_TTL,
+            now,
+        )
+        .await;
+    if stored.is_err() {
+        return unavailable();
+    }
+    let mut query = vec![("t", ticket.expose())];
+    if let Some(p) = path {
+        query.push(("path", p.to_owned()));
+    }
+    let location = format!(
+        "{}://{label}.{}{}?{}",
+        app.public_scheme.as_str(),
+        app.public_host,
+        crate::service_host::ENTER_PATH,
+        serde_urlencoded::to_string(query).unwrap_or_default()
+    );
+    see_other(&location)
 }
 
 fn login_location(service: &str, path: Option<&str>) -> String {
@@ -742,7 +864,7 @@ fn login_location(service: &str, path: Option<&str>) -> String {
 }
 
 /// The deny page (or JSON) with the status of policy.md, counted by reason.
-fn deny(
+pub(crate) fn deny(
     app: &App,
     t: &'static Texts,
     headers: &HeaderMap,

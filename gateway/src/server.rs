@@ -117,16 +117,61 @@ fn public_router(app: Arc<App>) -> Router {
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
         let pages = pages.clone();
         let app = app.clone();
-        async move {
-            let host = request_host(&req);
-            let resp = if host.as_deref() == Some(app.public_host.as_str()) {
-                pages.oneshot(req).await.into_response()
-            } else {
-                unknown_host(&req)
-            };
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+        async move { Ok::<_, std::convert::Infallible>(dispatch(app, pages, req).await) }
     }))
+}
+
+/// Which host a request is for, and whether the gateway will touch it at all. Nothing
+/// here ever contacts a vendor: a `CONNECT`, an HTTP/1 absolute-form target, or a host the
+/// gateway does not own is answered on the spot.
+async fn dispatch(app: Arc<App>, pages: Router, req: Request<Body>) -> Response {
+    if req.method() == axum::http::Method::CONNECT {
+        return plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
+    }
+    let Some(host) = request_host(&req) else {
+        return unknown_host(&req);
+    };
+    let mut req = req;
+    if req.version() < axum::http::Version::HTTP_2 {
+        // HTTP/1 absolute-form ("GET http://host/path") is how a forward proxy is asked;
+        // this is not one.
+        if req.uri().authority().is_some() {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "absolute-form request targets are not accepted\n",
+            );
+        }
+    } else if let Some(pq) = req.uri().path_and_query().cloned() {
+        // HTTP/2 always carries the authority; keep only the path for the handlers.
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = None;
+        parts.authority = None;
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if host == app.public_host {
+        return pages.oneshot(req).await.into_response();
+    }
+    match host
+        .strip_suffix(app.public_host.as_str())
+        .and_then(|h| h.strip_suffix('.'))
+    {
+        Some(label) if !label.is_empty() && !label.contains('.') => {
+            crate::service_host::handle(app.clone(), label.to_owned(), req).await
+        }
+        _ => unknown_host(&req),
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 /// The request's host, lower case: the `Host` header (HTTP/1.1) or the authority

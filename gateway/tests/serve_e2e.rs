@@ -232,10 +232,12 @@ fn a_patron_logs_in_and_follows_an_entry_link() {
     assert!(r.body.contains("Sandefjordbiblioteket"));
     assert!(r.body.contains("lang=\"nb\""));
 
-    // A proxied service says plainly that this mode is not here yet.
-    let r = get("/go/avis", &[("Cookie", &cookie)]);
-    assert_eq!(r.status, 501);
-    assert!(r.body.contains("Ikke tilgjengelig ennå"));
+    // A proxied service: a single-use ticket for its own host.
+    let r = get("/go/avis?path=/artikkel/1", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 303);
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with("http://avis.bib.test/__portvakt/enter?t="), "{location}");
+    assert!(location.ends_with("&path=%2Fartikkel%2F1"), "{location}");
 }
 
 #[test]

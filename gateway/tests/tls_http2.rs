@@ -40,6 +40,7 @@ async fn start(tls: bool) -> Started {
         public_scheme: if tls { Scheme::Https } else { Scheme::Http },
         session_ttl: std::time::Duration::from_secs(3600),
         trusted_proxies: Vec::new(),
+        upstream_settings: Default::default(),
     })
     .unwrap();
     let cert = rcgen::generate_simple_self_signed(vec![

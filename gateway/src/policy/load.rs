@@ -1715,6 +1715,35 @@ impl<'s> Checker<'s> {
             }
         }
 
+        // Host labels of proxied origins: `<service>` and `<service>--<n>`, each naming one
+        // origin. A service id that looks like another's derived label would be ambiguous.
+        let mut host_labels: FxHashMap<String, (SvcIdx, usize)> = FxHashMap::default();
+        for (si, svc) in services.iter().enumerate() {
+            if let Access::Proxy(p) = &svc.access {
+                for n in 0..=p.hosts.len() {
+                    host_labels.insert(
+                        super::model::host_label(svc.id.as_str(), n),
+                        (si as SvcIdx, n),
+                    );
+                }
+            }
+        }
+        for svc in &services {
+            let id = svc.id.as_str();
+            if let Some(&(owner, n)) = host_labels.get(id)
+                && n > 0
+                && let Some(loc) = svc_first.get(id)
+            {
+                self.error_at(
+                    *loc,
+                    format!(
+                        "service \"{id}\": the id is also the host label of origin {n} of service \"{}\" ([service.proxy] hosts); choose another id",
+                        services[owner as usize].id
+                    ),
+                );
+            }
+        }
+
         Some(Policy {
             institutions,
             groups,
@@ -1722,6 +1751,7 @@ impl<'s> Checker<'s> {
             entitlements,
             institution_refs: refs,
             service_index,
+            host_labels,
             realms,
             grants,
             networks,

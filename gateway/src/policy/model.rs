@@ -149,7 +149,7 @@ impl Attribute {
 }
 
 /// `rate_per_user`: at most `count` requests per `per`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
     pub count: u32,
     pub per: Duration,
@@ -189,6 +189,15 @@ pub enum Access {
     Saml(SamlSettings),
     Oidc(OidcSettings),
     Link { url: Url },
+}
+
+/// The host label of a proxied service's origin number `n` (0: the main origin).
+pub fn host_label(service: &str, n: usize) -> String {
+    if n == 0 {
+        service.to_owned()
+    } else {
+        format!("{service}--{n}")
+    }
 }
 
 impl Access {
@@ -264,6 +273,9 @@ pub struct Policy {
     /// Id, bare library number and aliases → institution.
     pub(crate) institution_refs: FxHashMap<String, InstIdx>,
     pub(crate) service_index: FxHashMap<String, SvcIdx>,
+    /// Host label of a proxied origin → (service, origin number: 0 the main origin, i the
+    /// `hosts[i-1]` entry, labelled `<service>--<i>`).
+    pub(crate) host_labels: FxHashMap<String, (SvcIdx, usize)>,
     /// Lower-case realm → institution.
     pub(crate) realms: FxHashMap<String, InstIdx>,
     pub(crate) grants: FxHashMap<(InstIdx, SvcIdx), Vec<Grant>>,
@@ -332,6 +344,22 @@ impl Policy {
         self.service_index
             .get(id)
             .map(|&i| &self.services[i as usize])
+    }
+
+    /// The proxied service and origin a host label (the part before `.<public_host>`)
+    /// stands for: `avis` → avis's origin, `avis--1` → its first `hosts` entry.
+    pub fn proxy_origin(&self, label: &str) -> Option<(&Service, &ProxySettings, &Url)> {
+        let &(si, n) = self.host_labels.get(label)?;
+        let svc = &self.services[si as usize];
+        let Access::Proxy(p) = &svc.access else {
+            return None;
+        };
+        let origin = if n == 0 {
+            &p.origin
+        } else {
+            p.hosts.get(n - 1)?
+        };
+        Some((svc, p, origin))
     }
 
     /// The institution whose Feide users have this realm (case-insensitive).

@@ -3409,3 +3409,72 @@ mod props {
         }
     }
 }
+
+mod host_labels {
+    use super::*;
+
+    fn proxied(id: &str, hosts: &str) -> String {
+        format!(
+            "[[service]]\nid = \"{id}\"\nname = \"Svc {id}\"\naccess = \"proxy\"\n\
+             [service.proxy]\norigin = \"https://{id}.vendor.example\"\nhosts = [{hosts}]\n\n"
+        )
+    }
+
+    #[test]
+    fn each_origin_of_a_proxied_service_has_a_label() {
+        let p = load(&format!(
+            "{}{}{}",
+            inst("XX-A", ""),
+            proxied(
+                "avis",
+                "\"https://cdn.vendor.example\", \"https://img.vendor.example:8443\""
+            ),
+            ent("XX-A", "avis", "")
+        ));
+        let (s, _, o) = p.proxy_origin("avis").unwrap();
+        assert_eq!(
+            (s.id.as_str(), o.as_str()),
+            ("avis", "https://avis.vendor.example/")
+        );
+        assert_eq!(
+            p.proxy_origin("avis--1").unwrap().2.as_str(),
+            "https://cdn.vendor.example/"
+        );
+        assert_eq!(
+            p.proxy_origin("avis--2").unwrap().2.as_str(),
+            "https://img.vendor.example:8443/"
+        );
+        assert!(p.proxy_origin("avis--3").is_none());
+        assert!(p.proxy_origin("avis--0").is_none());
+    }
+
+    #[test]
+    fn link_services_have_no_host() {
+        let p = load(&format!(
+            "{}{}{}",
+            inst("XX-A", ""),
+            svc("arkiv", ""),
+            ent("XX-A", "arkiv", "")
+        ));
+        assert!(p.proxy_origin("arkiv").is_none());
+    }
+
+    #[test]
+    fn a_service_id_may_not_be_another_services_host_label() {
+        let e = errors(&format!(
+            "{}{}{}{}{}",
+            inst("XX-A", ""),
+            proxied("avis", "\"https://cdn.vendor.example\""),
+            svc("avis--1", ""),
+            ent("XX-A", "avis", ""),
+            ent("XX-A", "avis--1", "")
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains(
+                "service \"avis--1\": the id is also the host label of origin 1 of service \"avis\""
+            ),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Requests on a service host, `<label>.<public_host>`: the entry ticket, the host-only
+//! cookie, the decision on every request, the per-person rate limit, then the proxy.
+//!
+//! Phase by phase: label → (service, origin) from the policy → `/__portvakt/enter` trades
+//! a single-use ticket for this host's cookie → every other request: cookie (bound by an
+//! HMAC to its session and this host label, so it is worthless on any other host) →
+//! session in the store → `decide` with the current policy (so a reload, an emergency
+//! brake or an ended entitlement stops running sessions at once) → rate limit → release →
+//! `proxy::forward`. A request without a valid cookie is sent back through the entry link
+//! `/go/{service}` with the same path, which logs the patron in if need be.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::pages;
+use crate::pipeline::{self, Peer};
+use crate::policy::{Decision, DenyReason, Rate};
+use crate::session::{SessionId, Ticket, TicketKind};
+
+/// The entry path on every service host; never forwarded to a vendor.
+pub const ENTER_PATH: &str = "/__portvakt/enter";
+/// How long an entry ticket lives.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
+
+/// What an entry ticket stands for: a session, and the host it may be redeemed on.
+#[derive(Serialize, Deserialize)]
+pub struct EntryTicket {
+    pub session: String,
+    pub label: String,
+}
+
+/// The service host cookie: `__Host-portvakt-svc` under https, `portvakt-svc` otherwise.
+pub fn cookie_name(app: &App) -> &'static str {
+    if app.secure_cookies {
+        "__Host-portvakt-svc"
+    } else {
+        "portvakt-svc"
+    }
+}
+
+/// `<session id>.<mac>`, the mac binding the session to one host label.
+pub fn cookie_value(app: &App, session: &SessionId, label: &str) -> String {
+    let id = session.expose();
+    format!("{id}.{}", app.service_cookie_mac(&id, label))
+}
+
+/// The session a service-host cookie names, if its binding to `label` holds.
+fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<SessionId> {
+    let value = pipeline::cookie(headers, cookie_name(app))?;
+    let (id, mac) = value.split_once('.')?;
+    let expected = app.service_cookie_mac(id, label);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        mac.as_bytes(),
+        expected.as_bytes(),
+    )) {
+        return None;
+    }
+    SessionId::parse(id).ok()
+}
+
+impl std::fmt::Debug for EntryTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryTicket")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One limiter per service and rate; a person is a key within it.
+type Limiters = HashMap<(String, Rate), Arc<DefaultKeyedRateLimiter<u64>>>;
+
+/// Per-service keyed rate limiters, rebuilt when a service's rate changes.
+#[derive(Default)]
+pub struct RateLimits {
+    limiters: Mutex<Limiters>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RateLimits")
+    }
+}
+
+impl RateLimits {
+    /// Whether one more request of this person to this service is within its rate. The
+    /// person is a keyed hash of the subject key, so no identifier is kept.
+    pub fn check(&self, service: &str, rate: Rate, subject_key: &str) -> bool {
+        let limiter = {
+            let Ok(mut map) = self.limiters.lock() else {
+                return true;
+            };
+            if map.len() > 1024 {
+                map.clear();
+            }
+            map.entry((service.to_owned(), rate))
+                .or_insert_with(|| Arc::new(governor::RateLimiter::keyed(quota(rate))))
+                .clone()
+        };
+        let mut h = self.hasher.build_hasher();
+        subject_key.hash(&mut h);
+        service.hash(&mut h);
+        let allowed = limiter.check_key(&h.finish()).is_ok();
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        allowed
+    }
+}
+
+/// `count` per `per`, as a steady rate with a burst of `count`.
+fn quota(rate: Rate) -> Quota {
+    let count = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
+    let period = rate.per / rate.count.max(1);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(count))
+        .allow_burst(count)
+}
+
+/// Handles one request on a service host.
+pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Response {
+    let headers = req.headers().clone();
+    let t = pages::language(&headers, None);
+    let policy = app.policy();
+    let Some((svc, _proxy, origin)) = policy.proxy_origin(&label) else {
+        return pipeline::not_found_page(t);
+    };
+    let service = svc.id.to_string();
+    let origin = origin.clone();
+    let peer = req.extensions().get::<Peer>().copied();
+
+    if req.uri().path() == ENTER_PATH {
+        return enter(&app, &label, &service, req.headers(), req.uri().query()).await;
+    }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let back_to_entry = || {
+        let location = app.public_url(&pipeline::go_location_for_host(
+            &service,
+            Some(&path_and_query),
+            &label,
+        ));
+        pipeline::see_other(&location)
+    };
+
+    let Some(session_id) = session_from_cookie(&app, &headers, &label) else {
+        return back_to_entry();
+    };
+    let data = match app.store.get_session(&session_id, app.clock.now()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return back_to_entry(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the session store is not answering");
+            return pipeline::message(
+                t,
+                StatusCode::SERVICE_UNAVAILABLE,
+                t.error_title,
+                t.backend_down,
+                None,
+            );
+        }
+    };
+    let subject = data.subject();
+    let ip = match peer {
+        Some(p) => app.client_ip(p.0.ip(), &headers),
+        None => return pipeline::not_found_page(t),
+    };
+    let decision = crate::policy::decide(
+        &policy,
+        &subject,
+        &service,
+        Some(ip),
+        jiff::Timestamp::now(),
+    );
+    let permit = match decision {
+        Decision::Permit(p) => p,
+        Decision::Deny(reason) => {
+            let credited = subject
+                .institutions
+                .first()
+                .map_or("-", |i| i.as_str())
+                .to_owned();
+            return pipeline::deny(&app, t, &headers, &service, &credited, reason);
+        }
+    };
+    if let Some(rate) = svc.rate_per_user
+        && !app.rate_limits.check(&service, rate, &data.subject_key)
+    {
+        return pipeline::deny(
+            &app,
+            t,
+            &headers,
+            &service,
+            permit.institution.as_str(),
+            DenyReason::RateLimited,
+        );
+    }
+    let released = crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
+    let attributes: Vec<(String, String)> = released
+        .attributes
+        .iter()
+        .map(|(a, v)| (a.name(), v.as_text()))
+        .collect();
+    let hosts = app.hosts();
+    let forward = crate::proxy::Forward {
+        origin: &origin,
+        hosts: &hosts,
+        service: &service,
+        release: attributes,
+        gateway_cookies: &app.gateway_cookies,
+        timeouts: Default::default(),
+    };
+    match crate::proxy::forward(&app.upstreams, &forward, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(service, reason = e.reason(), "proxied request failed");
+            let status = e.status();
+            let text = match status.as_u16() {
+                504 => t.upstream_slow,
+                400 => t.bad_request,
+                _ => t.upstream_down,
+            };
+            pipeline::message(t, status, t.error_title, text, Some(("", t.try_again)))
+        }
+    }
+}
+
+/// `GET /__portvakt/enter?t=TICKET&path=/x`: a single-use ticket for this host becomes
+/// this host's cookie.
+async fn enter(
+    app: &App,
+    label: &str,
+    service: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response {
+    let t = pages::language(headers, None);
+    #[derive(Deserialize)]
+    struct Q {
+        t: Option<String>,
+        path: Option<String>,
+    }
+    let q: Q = serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or(Q {
+        t: None,
+        path: None,
+    });
+    let expired = || {
+        pipeline::message(
+            t,
+            StatusCode::FORBIDDEN,
+            t.error_title,
+            t.entry_expired,
+            Some((&app.public_url(&format!("/go/{service}")), t.try_again)),
+        )
+    };
+    let Some(ticket) = q.t.as_deref().and_then(|s| Ticket::parse(s).ok()) else {
+        return expired();
+    };
+    let now = app.clock.now();
+    let taken = app
+        .store
+        .take_ticket_json::<EntryTicket>(TicketKind::ProxyEntry, &ticket, now)
+        .await;
+    let Ok(Some(entry)) = taken else {
+        return expired();
+    };
+    if entry.label != label {
+        return expired();
+    }
+    let Ok(session) = SessionId::parse(&entry.session) else {
+        return expired();
+    };
+    // The session must still be live: a ticket does not outlive a logout.
+    if !matches!(app.store.get_session(&session, now).await, Ok(Some(_))) {
+        return expired();
+    }
+    let path = pipeline::clean_path(q.path.as_deref()).unwrap_or_else(|| "/".to_owned());
+    let mut resp = pipeline::see_other(&path);
+    let mut c = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax",
+        cookie_name(app),
+        cookie_value(app, &session, label)
+    );
+    if app.secure_cookies {
+        c.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.into_response()
+}
