@@ -16,7 +16,7 @@ pub mod release;
 pub mod synthetic;
 
 pub use eval::{Decision, DenyReason, Permit, Stage, decide, oslo, oslo_today};
-pub use load::{Diagnostic, LoadError, Severity, load_dir, load_files, parse_duration};
+pub use load::{Diagnostic, LoadError, Severity, load_dir, load_files, parse_date, parse_duration};
 pub use model::{
     Access, Attribute, Audience, Entitlement, Group, Institution, InstitutionKind, Location,
     OidcSettings, Policy, ProxySettings, Rate, SamlSettings, Service, Summary,

@@ -5,9 +5,11 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/sip2_peer.rs"]
+mod sip2_peer;
+
+use sip2_peer::Sip2Peer as Peer;
+
 use std::time::{Duration, Instant};
 
 use gateway::auth::library_card::sip2::codec::{self, Encoding, Frame, Message};
@@ -28,52 +30,8 @@ const PATRONS: &str = r#"[
   {"card": "2004", "pin": "1234", "name": "Noise", "mode": "garbage"}
 ]"#;
 
-/// The python ACS; killed when dropped (and it exits by itself when its stdin closes).
-struct Peer {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_peer(args: &[&str]) -> Peer {
-    let dir = tempfile::tempdir().unwrap();
-    let patrons = dir.path().join("patrons.json");
-    std::fs::File::create(&patrons)
-        .unwrap()
-        .write_all(PATRONS.as_bytes())
-        .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/sip2_acs.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(&patrons)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 for the SIP2 peer: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!(
-            "the pysip2 peer did not start (first line {line:?}); \
-             it needs `pip install -r tests/peers/requirements.txt` (pysip2==0.1.0)"
-        )
-    });
-    Peer {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-        _dir: dir,
-    }
+    sip2_peer::start_sip2_peer(PATRONS, args)
 }
 
 fn settings(peer: &Peer) -> Sip2Settings {

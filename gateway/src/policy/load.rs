@@ -1912,7 +1912,8 @@ fn check_glob(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn parse_date(s: &str) -> Option<Date> {
+/// Exactly `YYYY-MM-DD`, a real day (no time, no other spelling).
+pub fn parse_date(s: &str) -> Option<Date> {
     let b = s.as_bytes();
     let shape = b.len() == 10
         && b[4] == b'-'

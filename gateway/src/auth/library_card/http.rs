@@ -25,7 +25,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use jiff::civil::Date;
 use serde::Deserialize;
 
 use super::{
@@ -211,7 +210,8 @@ fn outcome(body: &[u8]) -> Result<CardOutcome, VerifyError> {
     let age = match answer.birth_date.as_deref().map(str::trim) {
         None | Some("") => Age::Unknown,
         Some(s) => Age::BirthDate(
-            parse_date(s).ok_or_else(|| unavailable("\"birth_date\" is not YYYY-MM-DD"))?,
+            crate::policy::parse_date(s)
+                .ok_or_else(|| unavailable("\"birth_date\" is not YYYY-MM-DD"))?,
         ),
     };
     let home_library = answer
@@ -219,26 +219,6 @@ fn outcome(body: &[u8]) -> Result<CardOutcome, VerifyError> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     Ok(CardOutcome::Accepted(PatronInfo { age, home_library }))
-}
-
-/// Exactly `YYYY-MM-DD`, a real day.
-fn parse_date(s: &str) -> Option<Date> {
-    let b = s.as_bytes();
-    let shape = b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-    if !shape {
-        return None;
-    }
-    Date::new(
-        s[0..4].parse().ok()?,
-        s[5..7].parse().ok()?,
-        s[8..10].parse().ok()?,
-    )
-    .ok()
 }
 
 fn is_loopback(url: &Uri) -> bool {
