@@ -105,7 +105,7 @@ def consume(args):
 
 def authn_request(args):
     c = client(args)
-    idp = next(iter(c.metadata.identity_provider_entities()))
+    idp = c.metadata.identity_providers()[0]
     sign = bool(args.key)
     if args.binding == "redirect":
         req_id, info = c.prepare_for_authenticate(
