@@ -1,6 +1,9 @@
 //! A policy with SAML and OIDC services, signing keys, and a patron, shared by the
 //! federation tests through `#[path]`.
 
+// Each test file uses a part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 use gateway::federation::SigningKey;
@@ -17,7 +20,7 @@ pub const INSTITUTION_NAME: &str = "Sandefjord bibliotek & kultur";
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
-    pub policy: Policy,
+    pub policy: std::sync::Arc<Policy>,
     pub idp_key: SigningKey,
     /// The key and certificate files the vendor "sp-signed" signs its requests with.
     pub sp_key: PathBuf,
@@ -132,6 +135,7 @@ from = 2020-01-01
     );
     std::fs::write(policy_dir.join("policy.toml"), policy).unwrap();
     let (policy, _) = gateway::policy::load_dir(&policy_dir).unwrap_or_else(|e| panic!("{e}"));
+    let policy = std::sync::Arc::new(policy);
     Fixture {
         policy,
         idp_key,
