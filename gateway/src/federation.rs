@@ -211,3 +211,47 @@ pub fn previous_jwk(pem: &str) -> Result<Jwk, FederationError> {
     };
     Ok(Jwk::rsa(&n, &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwk_thumbprint_matches_rfc7638() {
+        // RFC 7638 §3.1's example key and its published thumbprint.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let e = "AQAB";
+        let jwk = Jwk::rsa(
+            &BASE64URL_NOPAD.decode(n.as_bytes()).unwrap(),
+            &BASE64URL_NOPAD.decode(e.as_bytes()).unwrap(),
+        );
+        assert_eq!(jwk.kid, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(jwk.n, n);
+        assert_eq!(jwk.e, e);
+    }
+
+    #[test]
+    fn a_certificate_of_another_key_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        crate::keys::generate(a.path()).unwrap();
+        crate::keys::generate(b.path()).unwrap();
+        let read =
+            |d: &tempfile::TempDir, f: &str| std::fs::read_to_string(d.path().join(f)).unwrap();
+        let ok = SigningKey::from_pem(&read(&a, "signing.key"), &read(&a, "signing.crt")).unwrap();
+        assert!(!format!("{ok:?}").contains("PRIVATE"));
+        assert!(matches!(
+            SigningKey::from_pem(&read(&a, "signing.key"), &read(&b, "signing.crt")),
+            Err(FederationError::Mismatch)
+        ));
+        // The previous key's JWK is the same from its certificate and its private key.
+        assert_eq!(
+            previous_jwk(&read(&a, "signing.crt")).unwrap(),
+            previous_jwk(&read(&a, "signing.key")).unwrap()
+        );
+        assert_eq!(
+            previous_jwk(&read(&a, "signing.crt")).unwrap().kid,
+            ok.kid()
+        );
+    }
+}

@@ -820,3 +820,42 @@ impl Xml {
         self.0.push_str(xml);
     }
 }
+
+/// `GET /saml/metadata`: mount with the IdP as state.
+pub async fn metadata_handler(
+    axum::extract::State(idp): axum::extract::State<std::sync::Arc<Idp>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match idp.metadata() {
+        Ok(xml) => (
+            [(http::header::CONTENT_TYPE, "application/samlmetadata+xml")],
+            xml,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the SAML metadata");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+impl axum::response::IntoResponse for PostBinding {
+    /// The auto-submitting page, with a CSP that lets only its own script run and the form
+    /// go only to the ACS, and no caching (it holds a bearer assertion).
+    fn into_response(self) -> axum::response::Response {
+        let csp = post_form_csp(&self.acs_url);
+        (
+            [
+                (
+                    http::header::CONTENT_TYPE,
+                    "text/html; charset=utf-8".to_owned(),
+                ),
+                (http::header::CACHE_CONTROL, "no-store".to_owned()),
+                (http::header::CONTENT_SECURITY_POLICY, csp),
+                (http::header::REFERRER_POLICY, "no-referrer".to_owned()),
+            ],
+            self.html(),
+        )
+            .into_response()
+    }
+}
