@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod federation;
 pub mod ids;
 pub mod keys;
 pub mod launch;

@@ -143,6 +143,8 @@ pub enum TicketKind {
     ProxyEntry,
     /// An OpenID Connect authorization code for a vendor: 60 s.
     OidcCode,
+    /// An OpenID Connect access token for a vendor's one userinfo call: 5 minutes.
+    OidcAccess,
     /// The `state` of a Feide login in flight, with its PKCE verifier and nonce.
     FeideLogin,
 }
@@ -153,6 +155,7 @@ impl TicketKind {
         match self {
             Self::ProxyEntry => "proxy_entry",
             Self::OidcCode => "oidc_code",
+            Self::OidcAccess => "oidc_access",
             Self::FeideLogin => "feide_login",
         }
     }
