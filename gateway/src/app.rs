@@ -30,6 +30,10 @@ pub struct App {
     pub upstreams: crate::proxy::Upstreams,
     /// Names of the gateway's own cookies, never sent to a vendor.
     pub gateway_cookies: Vec<String>,
+    /// The SAML identity provider, when a signing key is configured.
+    pub idp: Option<Arc<crate::federation::saml::Idp>>,
+    /// The OpenID provider, when a signing key is configured.
+    pub oidc: Option<Arc<crate::federation::oidc::Provider>>,
     pub policy_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -83,6 +87,20 @@ pub struct AppParts {
     pub trusted_proxies: Vec<IpNet>,
     /// Connections to vendors (timeouts, extra CAs for tests).
     pub upstream_settings: crate::proxy::UpstreamSettings,
+    /// The signing key for SAML and OIDC, with the keys rotated out (still published).
+    pub signing: Option<Signing>,
+}
+
+/// Federation settings: one key signs SAML responses and id_tokens.
+#[derive(Debug)]
+pub struct Signing {
+    pub key: crate::federation::SigningKey,
+    /// Certificates of keys rotated out, kept in the JWKS until their tokens expire.
+    pub previous: Vec<crate::federation::Jwk>,
+    /// `[saml] entity_id`; default `<scheme>://<public_host>/saml/metadata`.
+    pub saml_entity_id: Option<String>,
+    /// `[saml] scope`; default the public host without its port.
+    pub saml_scope: Option<String>,
 }
 
 impl std::fmt::Debug for AppParts {
@@ -117,7 +135,37 @@ impl App {
         ]
         .map(str::to_owned)
         .to_vec();
+        let base = format!("{}://{}", parts.public_scheme.as_str(), parts.public_host);
+        let (idp, oidc) = match parts.signing {
+            None => (None, None),
+            Some(s) => {
+                let scope = s.saml_scope.unwrap_or_else(|| {
+                    parts
+                        .public_host
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
+                });
+                let idp = crate::federation::saml::Idp {
+                    entity_id: s
+                        .saml_entity_id
+                        .unwrap_or_else(|| format!("{base}/saml/metadata")),
+                    sso_url: format!("{base}/saml/sso"),
+                    scope,
+                    key: s.key.clone(),
+                };
+                let provider = crate::federation::oidc::Provider {
+                    issuer: base.clone(),
+                    key: s.key,
+                    previous: s.previous,
+                };
+                (Some(Arc::new(idp)), Some(Arc::new(provider)))
+            }
+        };
         Ok(Arc::new(App {
+            idp,
+            oidc,
             policy: ArcSwap::from_pointee(parts.policy),
             hosts: ArcSwap::from_pointee(hosts),
             upstreams,

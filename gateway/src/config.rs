@@ -37,7 +37,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub card_backend: Vec<Spanned<FileCardBackend>>,
     pub feide: Option<Spanned<toml::Table>>,
-    pub saml: Option<Spanned<toml::Table>>,
+    pub saml: Option<FileSaml>,
     #[serde(default)]
     pub usage: FileUsage,
     #[serde(default)]
@@ -81,6 +81,16 @@ pub struct FileKeys {
     pub session_key_file: Option<Spanned<String>>,
     pub signing_key_file: Option<Spanned<String>>,
     pub signing_cert_file: Option<Spanned<String>>,
+    /// Certificates of signing keys rotated out: still published in the JWKS.
+    #[serde(default)]
+    pub previous_signing_cert_files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSaml {
+    pub entity_id: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +162,11 @@ pub struct Config {
     pub session_key_file: Option<PathBuf>,
     pub signing_key_file: Option<PathBuf>,
     pub signing_cert_file: Option<PathBuf>,
+    pub previous_signing_cert_files: Vec<PathBuf>,
+    /// `[saml] entity_id`, default `<scheme>://<public_host>/saml/metadata`.
+    pub saml_entity_id: Option<String>,
+    /// `[saml] scope`, default the public host without a port.
+    pub saml_scope: Option<String>,
     pub card_backends: Vec<FileCardBackend>,
     /// Directory that relative paths in `card_backends` are read from.
     pub base_dir: PathBuf,
@@ -189,6 +204,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "session_key_file",
             "signing_key_file",
             "signing_cert_file",
+            "previous_signing_cert_files",
         ],
     ),
     (
@@ -515,6 +531,14 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
         .map_or_else(|| path("data"), |d| path(d.get_ref()));
 
     let k = &file.keys;
+    if k.signing_key_file.is_some() != k.signing_cert_file.is_some()
+        && let Some(v) = k.signing_key_file.as_ref().or(k.signing_cert_file.as_ref())
+    {
+        errors.push(places.at(
+            v.span().start,
+            "[keys] signing_key_file and signing_cert_file go together",
+        ));
+    }
     let pseudonym_key_file = match &k.pseudonym_key_file {
         Some(p) => Some(path(p.get_ref())),
         None => {
@@ -560,9 +584,6 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
     if file.feide.is_some() {
         not_yet_supported.push("[feide]");
     }
-    if file.saml.is_some() {
-        not_yet_supported.push("[saml]");
-    }
     if !file.statistician.is_empty() {
         not_yet_supported.push("[[statistician]]");
     }
@@ -597,6 +618,21 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
                 session_key_file: k.session_key_file.as_ref().map(|p| path(p.get_ref())),
                 signing_key_file: k.signing_key_file.as_ref().map(|p| path(p.get_ref())),
                 signing_cert_file: k.signing_cert_file.as_ref().map(|p| path(p.get_ref())),
+                previous_signing_cert_files: k
+                    .previous_signing_cert_files
+                    .iter()
+                    .map(|p| path(p.get_ref()))
+                    .collect(),
+                saml_entity_id: file
+                    .saml
+                    .as_ref()
+                    .and_then(|s| s.entity_id.as_ref())
+                    .map(|e| e.get_ref().clone()),
+                saml_scope: file
+                    .saml
+                    .as_ref()
+                    .and_then(|s| s.scope.as_ref())
+                    .map(|e| e.get_ref().clone()),
                 card_backends,
                 base_dir: base.to_path_buf(),
                 k_anonymity,

@@ -219,7 +219,17 @@ pub async fn start(
     let mut session_key = [0u8; 32];
     getrandom::fill(&mut session_key).map_err(|e| format!("no randomness: {e}"))?;
     let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
+    // A fresh signing key for the demo's SAML and OIDC services, never written to disk.
+    let (key_pem, cert_pem) = crate::keys::signing_key_and_cert().map_err(|e| e.to_string())?;
+    let signing = crate::app::Signing {
+        key: crate::federation::SigningKey::from_pem(&key_pem, &cert_pem)
+            .map_err(|e| e.to_string())?,
+        previous: Vec::new(),
+        saml_entity_id: None,
+        saml_scope: None,
+    };
     let app = App::new(AppParts {
+        signing: Some(signing),
         policy,
         policy_dir,
         store: crate::launch::memory_store(&clock),

@@ -225,7 +225,7 @@ fn write_new_private(path: &Path, content: &[u8]) -> Result<(), KeysError> {
 /// generates RSA keys only under aws-lc; so the `rsa` crate generates the key, and rcgen
 /// signs the certificate through ring with that key. The `rsa` crate is used for nothing
 /// else: every signature at run time goes through ring.
-fn signing_key_and_cert() -> Result<(String, String), KeysError> {
+pub fn signing_key_and_cert() -> Result<(String, String), KeysError> {
     let rsa_key = rsa::PrivateKey::new(&mut getrandom::SysRng, RSA_BITS)
         .map_err(|e| KeysError::Rsa(e.to_string()))?;
     let pkcs8 = rsa_key

@@ -106,7 +106,34 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
             verifiers.insert(i, verifier.clone());
         }
     }
+    let signing = match (&config.signing_key_file, &config.signing_cert_file) {
+        (Some(key), Some(cert)) => {
+            let key = crate::federation::SigningKey::load(key, cert).map_err(|e| e.to_string())?;
+            let mut previous = Vec::new();
+            for path in &config.previous_signing_cert_files {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                previous.push(
+                    crate::federation::previous_jwk(&pem)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                );
+            }
+            Some(crate::app::Signing {
+                key,
+                previous,
+                saml_entity_id: config.saml_entity_id.clone(),
+                saml_scope: config.saml_scope.clone(),
+            })
+        }
+        _ => {
+            tracing::warn!(
+                "no signing key: SAML and OIDC services are not available (set [keys] signing_key_file and signing_cert_file)"
+            );
+            None
+        }
+    };
     App::new(AppParts {
+        signing,
         policy,
         policy_dir: config.policy_dir.clone(),
         store: memory_store(&clock),

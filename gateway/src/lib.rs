@@ -20,6 +20,7 @@ pub mod pseudonym;
 pub mod server;
 pub mod service_host;
 pub mod session;
+pub mod sso;
 pub mod store;
 pub mod subject;
 pub mod telemetry;

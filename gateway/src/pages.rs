@@ -50,6 +50,7 @@ pub struct Texts {
     pub upstream_down: &'static str,
     pub upstream_slow: &'static str,
     pub bad_request: &'static str,
+    pub sso_refused: &'static str,
 }
 
 pub static NB: Texts = Texts {
@@ -93,6 +94,7 @@ pub static NB: Texts = Texts {
     upstream_down: "Tjenesten svarer ikke akkurat nå. Prøv igjen om litt.",
     upstream_slow: "Tjenesten bruker for lang tid på å svare. Prøv igjen om litt.",
     bad_request: "Denne forespørselen kan vi ikke sende videre.",
+    sso_refused: "Innloggingen fra tjenesten kunne ikke godtas. Gå tilbake til tjenesten og prøv igjen, eller bruk lenken fra biblioteket.",
 };
 
 pub static EN: Texts = Texts {
@@ -136,6 +138,7 @@ pub static EN: Texts = Texts {
     upstream_down: "The service is not answering right now. Please try again in a little while.",
     upstream_slow: "The service is taking too long to answer. Please try again in a little while.",
     bad_request: "We cannot pass this request on.",
+    sso_refused: "The login request from the service could not be accepted. Go back to the service and try again, or use the library's link.",
 };
 
 /// The language of a request: `?lang=` first, then the highest-weighted of bokmål (nb,
@@ -219,6 +222,8 @@ pub struct LoginPage<'a> {
     pub csrf: &'a str,
     /// Deep-link path to keep through the login.
     pub path: Option<&'a str>,
+    /// A federation endpoint to return to after the login.
+    pub next: Option<&'a str>,
 }
 
 #[derive(Debug, Template)]

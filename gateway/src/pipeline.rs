@@ -39,8 +39,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/logout", post(logout))
         .route("/go/{service}", get(go))
         .fallback(not_found)
+        .with_state(app.clone())
+        .merge(crate::sso::router(app))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
-        .with_state(app)
 }
 
 /// Names of the cookies; `__Host-` (Secure, no Domain, Path=/) when served over https.
@@ -84,7 +85,7 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 
 /// The session of this request, if its cookie names a live one. A malformed id is
 /// refused before any store lookup.
-async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
+pub(crate) async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
     let id = SessionId::parse(cookie(headers, session_cookie(app))?).ok()?;
     match app.store.get_session(&id, app.clock.now()).await {
         Ok(Some(data)) => Some((id, data)),
@@ -250,6 +251,13 @@ pub struct LoginQuery {
     service: Option<String>,
     path: Option<String>,
     lang: Option<String>,
+    next: Option<String>,
+}
+
+/// Where a login may return to besides an entry link: a vendor's pending federated
+/// request on this host, and nowhere else.
+fn clean_next(n: Option<&str>) -> Option<String> {
+    clean_path(n).filter(|n| n.starts_with("/saml/sso?") || n.starts_with("/oidc/authorize?"))
 }
 
 /// Only a service slug may travel through the login form; anything else is dropped.
@@ -311,6 +319,7 @@ struct LoginRender<'a> {
     status: StatusCode,
     service: Option<&'a str>,
     path: Option<&'a str>,
+    next: Option<&'a str>,
     error: Option<&'a str>,
     selected: &'a str,
     retry_after: Option<u64>,
@@ -347,6 +356,7 @@ fn login_page(app: &App, policy: &Policy, r: LoginRender<'_>) -> Response {
         selected: r.selected,
         csrf: &csrf,
         path: r.path,
+        next: r.next,
     };
     let mut resp = html(r.status, pages::render(&page));
     resp.headers_mut().append(
@@ -371,6 +381,7 @@ async fn login_form(
     let policy = app.policy();
     let service = clean_service(q.service.as_deref());
     let path = clean_path(q.path.as_deref());
+    let next = clean_next(q.next.as_deref());
     login_page(
         &app,
         &policy,
@@ -379,6 +390,7 @@ async fn login_form(
             status: StatusCode::OK,
             service: service.as_deref(),
             path: path.as_deref(),
+            next: next.as_deref(),
             error: None,
             selected: "",
             retry_after: None,
@@ -399,6 +411,7 @@ pub struct LoginForm {
     service: Option<String>,
     path: Option<String>,
     lang: Option<String>,
+    next: Option<String>,
 }
 
 // The form holds a card number and a PIN: never print it.
@@ -438,6 +451,7 @@ async fn login_submit(
                 status: StatusCode::BAD_REQUEST,
                 service: None,
                 path: None,
+                next: None,
                 error: Some(t.fill_in),
                 selected: "",
                 retry_after: None,
@@ -447,6 +461,7 @@ async fn login_submit(
     let t = pages::language(&headers, form.lang.as_deref());
     let service = clean_service(form.service.as_deref());
     let path = clean_path(form.path.as_deref());
+    let next = clean_next(form.next.as_deref());
     let ip = client_ip(&app, peer, &headers);
     let render = |status, error: &'static str, retry_after: Option<u64>| {
         login_page(
@@ -457,6 +472,7 @@ async fn login_submit(
                 status,
                 service: service.as_deref(),
                 path: path.as_deref(),
+                next: next.as_deref(),
                 error: Some(error),
                 selected: &form.library,
                 retry_after,
@@ -564,9 +580,10 @@ async fn login_submit(
             }
             count_login(&app, institution, "ok");
             tracing::info!(institution, client = %log_ip(ip), "login");
-            let location = match &service {
-                Some(s) => go_location(s, path.as_deref()),
-                None => "/".to_owned(),
+            let location = match (&next, &service) {
+                (Some(n), _) => n.clone(),
+                (None, Some(s)) => go_location(s, path.as_deref()),
+                (None, None) => "/".to_owned(),
             };
             let mut resp = see_other(&location);
             let h = resp.headers_mut();
@@ -657,9 +674,11 @@ async fn go(
     let now = jiff::Timestamp::now();
 
     let mut session_id = None;
+    let mut authn_instant = app.clock.now();
     let subject = match session(&app, &headers).await {
         Some((id, data)) => {
             session_id = Some(id);
+            authn_instant = data.created_at;
             subject_of(&data)
         }
         None => {
@@ -706,15 +725,7 @@ async fn go(
             deny(&app, t, &headers, &service, &credited, reason)
         }
         Decision::Permit(permit) => {
-            app.metrics.inc(
-                telemetry::DECISIONS,
-                &[
-                    ("service", permit.service.as_str()),
-                    ("institution", permit.institution.as_str()),
-                    ("decision", "permit"),
-                    ("reason", ""),
-                ],
-            );
+            count_access(&app, &permit);
             let Some(svc) = policy.service(&service) else {
                 return deny(
                     &app,
@@ -738,13 +749,9 @@ async fn go(
                         .unwrap_or_else(|| service.clone());
                     proxy_entry(&app, t, session_id, &subject, &label, path.as_deref()).await
                 }
-                Access::Saml(_) | Access::Oidc(_) => message(
-                    t,
-                    StatusCode::NOT_IMPLEMENTED,
-                    t.not_yet_title,
-                    t.not_yet,
-                    None,
-                ),
+                Access::Saml(_) | Access::Oidc(_) => {
+                    crate::sso::entry(&app, t, &policy, &permit, &subject, authn_instant)
+                }
             }
         }
     }
@@ -850,6 +857,19 @@ async fn proxy_entry(
         serde_urlencoded::to_string(query).unwrap_or_default()
     );
     see_other(&location)
+}
+
+/// A permitted access, for the metrics (and, later, the usage counters).
+pub(crate) fn count_access(app: &App, permit: &crate::policy::Permit) {
+    app.metrics.inc(
+        telemetry::DECISIONS,
+        &[
+            ("service", permit.service.as_str()),
+            ("institution", permit.institution.as_str()),
+            ("decision", "permit"),
+            ("reason", ""),
+        ],
+    );
 }
 
 fn login_location(service: &str, path: Option<&str>) -> String {

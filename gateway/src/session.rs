@@ -147,6 +147,8 @@ pub enum TicketKind {
     OidcAccess,
     /// The `state` of a Feide login in flight, with its PKCE verifier and nonce.
     FeideLogin,
+    /// A POST-binding AuthnRequest parked while the patron logs in: 15 minutes.
+    SamlRequest,
 }
 
 impl TicketKind {
@@ -157,6 +159,7 @@ impl TicketKind {
             Self::OidcCode => "oidc_code",
             Self::OidcAccess => "oidc_access",
             Self::FeideLogin => "feide_login",
+            Self::SamlRequest => "saml_request",
         }
     }
 }

@@ -29,6 +29,7 @@ async fn start(tls: bool) -> Started {
             .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = App::new(AppParts {
+        signing: None,
         policy,
         policy_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"),
         store: gateway::launch::memory_store(&clock),
