@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# Portvakt's loopback load test, in one run: the same generator (loadgen) against
+#   (a) direct    the origin itself,
+#   (b) nginx     nginx as a plain reverse proxy to it,
+#   (c) portvakt  portvakt in proxy mode, with a logged-in patron's cookie,
+# each with a closed-loop run at 64 connections and a constant-rate run at a fifth of the
+# direct closed-loop throughput. Prints req/s, p50 and p99 for each, each server's CPU time
+# per request (utime+stime from /proc/PID/stat), the ratios and whether the targets are met.
+#
+#   loadtest/run.sh [--duration 10s] [--warmup 2s] [--connections 64] [--no-build]
+#
+# Installs nothing. Needs cargo, curl and nginx (Debian: apt-get install -y nginx-light).
+# Only 127.0.0.1 is used; everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=10s
+WARMUP=2s
+CONNECTIONS=64
+BUILD=1
+RATE_DIVISOR=5 # the fixed rate is the direct closed-loop throughput divided by this
+SERVICE=avis
+INSTITUTION=NO-2399900
+CARD=LOAD0001
+PIN=4321
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
+    esac
+done
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "run.sh: $*"; exit 1; }
+
+# --- Tools ---------------------------------------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
+command -v curl >/dev/null || die "curl not found (apt-get install -y curl)"
+NGINX=$(command -v nginx || true)
+[ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
+[ -n "$NGINX" ] || die "nginx not found: apt-get install -y nginx-light (or nginx)"
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- Machine -------------------------------------------------------------------------------
+NCPU=$(nproc)
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+say "machine: $NCPU cores ($CPU_MODEL), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# Servers (origin, nginx, portvakt) on one core, the generator on another, so the generator
+# does not take CPU from what it measures. SERVER_CPUS / GEN_CPUS override (taskset lists).
+SRV_PIN=()
+GEN_PIN=()
+if command -v taskset >/dev/null && [ "$NCPU" -ge 2 ]; then
+    SERVER_CPUS=${SERVER_CPUS:-0}
+    GEN_CPUS=${GEN_CPUS:-1}
+    SRV_PIN=(taskset -c "$SERVER_CPUS")
+    GEN_PIN=(taskset -c "$GEN_CPUS")
+    say "pinning: servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS"
+    [ "$NCPU" -eq 2 ] && say "note: this machine has only 2 cores: the origin and the proxy under test share one," \
+        "so proxied throughput is bounded by both together; nginx and portvakt are measured alike."
+else
+    say "pinning: none (taskset missing or 1 core): generator and servers share the CPU"
+fi
+load1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+    say "warning: load average $load1 before the run: other work (compiles?) will disturb the figures"
+fi
+
+# --- Build ---------------------------------------------------------------------------------
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ "$BUILD" = 1 ]; then
+    say "building portvakt and loadgen (release)…"
+    cargo build --release --locked --quiet -p gateway -p loadgen
+fi
+PORTVAKT=$TARGET_DIR/release/portvakt
+LOADGEN=$TARGET_DIR/release/loadgen
+[ -x "$PORTVAKT" ] && [ -x "$LOADGEN" ] || die "no release binaries in $TARGET_DIR/release (run without --no-build)"
+
+# --- Cleanup -------------------------------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portvakt-load.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid i alive
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for i in $(seq 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits (at most 10 s) until `cmd…` succeeds, failing early if process $1 has died.
+wait_for() {
+    local pid=$1 what=$2 i
+    shift 2
+    for i in $(seq 100); do
+        "$@" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || die "$what exited; its log: $(tail -n 5 "$TMP/$what.log" 2>/dev/null)"
+        sleep 0.1
+    done
+    die "$what did not come up within 10 s"
+}
+
+# CPU time (clock ticks, user + system) of a process and its children (nginx's workers).
+cpu_ticks() {
+    local total=0 p stat rest f kids
+    for p in "$@"; do
+        if command -v pgrep >/dev/null; then
+            kids=$(pgrep -P "$p" || true)
+        else
+            kids=$(awk -v pp="$p" '{ sub(/.*\) /, ""); split($0, f, " "); if (f[2] == pp) print FILENAME }' \
+                /proc/[0-9]*/stat 2>/dev/null | sed 's|/proc/||; s|/stat||')
+        fi
+        for q in $p $kids; do
+            stat=$(cat "/proc/$q/stat" 2>/dev/null) || continue
+            rest=${stat##*) }
+            read -r -a f <<<"$rest"
+            total=$((total + f[11] + f[12]))
+        done
+    done
+    echo "$total"
+}
+
+# --- (a) the origin ------------------------------------------------------------------------
+"${SRV_PIN[@]}" "$LOADGEN" origin --port 0 --lifetime 1h >"$TMP/origin.port" 2>"$TMP/origin.log" &
+ORIGIN_PID=$!
+PIDS+=("$ORIGIN_PID")
+wait_for "$ORIGIN_PID" origin test -s "$TMP/origin.port"
+ORIGIN_PORT=$(head -n1 "$TMP/origin.port")
+PATH_UNDER_TEST=/artikkel/1
+say "origin: 127.0.0.1:$ORIGIN_PORT (pid $ORIGIN_PID)"
+
+mapfile -t PORTS < <("$LOADGEN" free-port --count 3)
+NGINX_PORT=${PORTS[0]}
+PV_PORT=${PORTS[1]}
+PV_ADMIN=${PORTS[2]}
+
+# --- (b) nginx -----------------------------------------------------------------------------
+mkdir -p "$TMP/nginx"
+NGINX_USER=""
+[ "$(id -u)" = 0 ] && NGINX_USER="user $(id -un) $(id -gn);"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+# A plain reverse proxy, generated by loadtest/run.sh.
+$NGINX_USER
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+EOF
+"${SRV_PIN[@]}" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx.log" -c "$TMP/nginx/nginx.conf" >>"$TMP/nginx.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_for "$NGINX_PID" nginx curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+say "nginx: 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
+
+# --- (c) portvakt --------------------------------------------------------------------------
+PV=$TMP/portvakt
+mkdir -p "$PV/policy"
+"$PORTVAKT" keys generate --out "$PV/keys" >/dev/null
+PUBLIC_HOST=bib.localhost:$PV_PORT
+SERVICE_HOST=$SERVICE.bib.localhost:$PV_PORT
+cat >"$PV/policy/policy.toml" <<EOF
+[[institution]]
+id = "$INSTITUTION"
+name = "Lastprøvebiblioteket"
+kind = "public_library"
+municipality = "3999"
+
+[[service]]
+id = "$SERVICE"
+name = "Avisarkivet (lasttest)"
+access = "proxy"
+release = ["pseudonym", "institution"]
+
+[service.proxy]
+origin = "http://127.0.0.1:$ORIGIN_PORT"
+item_paths = ["/artikkel/*"]
+search_paths = ["/sok"]
+
+[[entitlement]]
+institution = "$INSTITUTION"
+service = "$SERVICE"
+from = 2020-01-01
+EOF
+cat >"$PV/patrons.toml" <<EOF
+[[patron]]
+card = "$CARD"
+pin = "$PIN"
+birth_date = 1980-06-15
+home_library = "$INSTITUTION"
+EOF
+cat >"$PV/portvakt.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PV_PORT"
+admin_listen = "127.0.0.1:$PV_ADMIN"
+public_host = "$PUBLIC_HOST"
+
+[policy]
+dir = "policy"
+
+[store]
+backend = "memory"
+data_dir = "data"
+
+[keys]
+pseudonym_key_file = "keys/pseudonym.key"
+session_key_file = "keys/session.key"
+signing_key_file = "keys/signing.key"
+signing_cert_file = "keys/signing.crt"
+
+[[card_backend]]
+kind = "file"
+institutions = ["$INSTITUTION"]
+path = "patrons.toml"
+EOF
+# No per-request log lines, as nginx runs with access_log off. PORTVAKT_LOG overrides.
+RUST_LOG=${PORTVAKT_LOG:-warn} "${SRV_PIN[@]}" "$PORTVAKT" serve --config "$PV/portvakt.toml" >"$TMP/portvakt.log" 2>&1 &
+PV_PID=$!
+PIDS+=("$PV_PID")
+wait_for "$PV_PID" portvakt curl -fsS "http://127.0.0.1:$PV_ADMIN/readyz"
+say "portvakt: 127.0.0.1:$PV_PORT as $PUBLIC_HOST (pid $PV_PID)"
+
+# Log in as a patron with curl, as a browser would: the form (CSRF cookie and field), the
+# POST, then the entry link, which hands the session over to the service's own host.
+JAR=$TMP/cookies.txt
+CURL=(curl -sS --max-time 10 -c "$JAR" -b "$JAR"
+    --resolve "bib.localhost:$PV_PORT:127.0.0.1" --resolve "$SERVICE_HOST:127.0.0.1")
+PV_COOKIE=""
+PV_UNAVAILABLE=""
+"${CURL[@]}" -o "$TMP/login.html" "http://$PUBLIC_HOST/login"
+CSRF=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' "$TMP/login.html" | head -n1)
+[ -n "$CSRF" ] || die "no csrf field on portvakt's login page"
+code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' --data-urlencode "csrf=$CSRF" \
+    --data-urlencode "library=$INSTITUTION" --data-urlencode "card=$CARD" \
+    --data-urlencode "pin=$PIN" "http://$PUBLIC_HOST/login")
+[ "$code" = 303 ] || die "login answered $code, not 303; portvakt's log: $(tail -n 5 "$TMP/portvakt.log")"
+code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "http://$PUBLIC_HOST/go/$SERVICE")
+if [ "$code" = 501 ]; then
+    PV_UNAVAILABLE="portvakt proxy mode not available (GET /go/$SERVICE answered 501)"
+elif [ "${code:0:1}" != 3 ]; then
+    PV_UNAVAILABLE="GET /go/$SERVICE answered $code, not a redirect"
+else
+    # Follow the entry link to the service host (/__portvakt/enter?t=…), keeping its cookies.
+    "${CURL[@]}" -L --max-redirs 5 -o /dev/null "http://$PUBLIC_HOST/go/$SERVICE"
+    PV_COOKIE=$(awk -v d="$SERVICE_HOST" 'BEGIN { FS = "\t"; sub(/:.*/, "", d) }
+        NF >= 7 { dom = $1; sub(/^#HttpOnly_/, "", dom); sub(/^\./, "", dom)
+                  if (dom == d || ($2 == "TRUE" && substr(d, length(d) - length(dom)) == "." dom))
+                      printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$JAR")
+    check=$(curl -sS --max-time 10 -o "$TMP/check.html" -w '%{http_code}' \
+        -H "Host: $SERVICE_HOST" -H "Cookie: $PV_COOKIE" "http://127.0.0.1:$PV_PORT$PATH_UNDER_TEST" || true)
+    if [ "$check" != 200 ]; then
+        PV_UNAVAILABLE="a proxied request with the service-host cookie answered $check, not 200"
+    elif ! grep -q "Lokalhistorie fra Vestfold" "$TMP/check.html"; then
+        PV_UNAVAILABLE="a proxied request answered 200 but not with the origin's page"
+    fi
+fi
+[ -n "$PV_UNAVAILABLE" ] && say "(c): $PV_UNAVAILABLE"
+
+# --- Runs ----------------------------------------------------------------------------------
+# run NAME MODE [loadgen args…]: warm-up for closed runs, then the measured run with the CPU
+# time of the server under test (and of the origin) read before and after.
+declare -A LINE SRV_CPU ORIGIN_CPU
+server_pid() { case "$1" in direct) echo "$ORIGIN_PID" ;; nginx) echo "$NGINX_PID" ;; portvakt) echo "$PV_PID" ;; esac; }
+target_args() {
+    case "$1" in
+    direct) echo "--url http://127.0.0.1:$ORIGIN_PORT$PATH_UNDER_TEST" ;;
+    nginx) echo "--url http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" ;;
+    portvakt) echo "--url http://127.0.0.1:$PV_PORT$PATH_UNDER_TEST --host $SERVICE_HOST" ;;
+    esac
+}
+json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]}" | tr -d '"'; }
+
+run() {
+    local name=$1 mode=$2 pid s0 s1 o0 o1 n
+    shift 2
+    local args
+    read -r -a args <<<"$(target_args "$name")"
+    [ "$name" = portvakt ] && args+=(--cookie "$PV_COOKIE")
+    if [ "$mode" = closed ]; then
+        "${GEN_PIN[@]}" "$LOADGEN" closed "${args[@]}" --connections "$CONNECTIONS" \
+            --duration "$WARMUP" --label warmup >/dev/null || die "warm-up against $name failed"
+    fi
+    pid=$(server_pid "$name")
+    s0=$(cpu_ticks "$pid"); o0=$(cpu_ticks "$ORIGIN_PID")
+    LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$mode" "$@" "${args[@]}" \
+        --connections "$CONNECTIONS" --duration "$DURATION" --label "$name") ||
+        die "the $mode run against $name failed"
+    s1=$(cpu_ticks "$pid"); o1=$(cpu_ticks "$ORIGIN_PID")
+    n=$(json "$name.$mode" requests)
+    SRV_CPU[$name.$mode]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
+    ORIGIN_CPU[$name.$mode]=$(awk -v t=$((o1 - o0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
+    local bad
+    bad=$(($(json "$name.$mode" errors) + $(json "$name.$mode" non_2xx)))
+    [ "$bad" -gt 0 ] && say "warning: $name $mode: $bad errors or non-2xx answers"
+    say "$name $mode: $(json "$name.$mode" rps) req/s, p99 $(json "$name.$mode" p99_us) µs"
+    sleep 1
+}
+
+TARGETS=(direct nginx)
+[ -z "$PV_UNAVAILABLE" ] && TARGETS+=(portvakt)
+say "runs: $DURATION each (closed-loop runs after a $WARMUP warm-up), $CONNECTIONS connections"
+run direct closed
+RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
+say "fixed rate: $RATE req/s (direct closed-loop throughput / $RATE_DIVISOR)"
+for t in "${TARGETS[@]}"; do
+    [ "$t" = direct ] || run "$t" closed
+    run "$t" rate --rate "$RATE"
+done
+
+# --- Report --------------------------------------------------------------------------------
+echo
+echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
+echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; page $(json direct.closed bytes_per_response) bytes"
+echo
+printf '%-9s %-7s %10s %9s %9s %9s %8s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req origin_us/req
+for t in direct nginx portvakt; do
+    for m in closed rate; do
+        if [ -z "${LINE[$t.$m]:-}" ]; then
+            printf '%-9s %-7s %s\n' "$t" "$m" "— ${PV_UNAVAILABLE:-not run}"
+            continue
+        fi
+        awk -v t="$t" -v m="$m" -v rps="$(json "$t.$m" rps)" -v p50="$(json "$t.$m" p50_us)" \
+            -v p99="$(json "$t.$m" p99_us)" -v mx="$(json "$t.$m" max_us)" \
+            -v err=$(($(json "$t.$m" errors) + $(json "$t.$m" non_2xx))) \
+            -v cpu="${SRV_CPU[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
+            'BEGIN { printf "%-9s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
+    done
+done
+echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt —"
+echo " user+system CPU time during the run divided by the requests; origin_us/req: the origin's)"
+echo
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+verdict() { awk -v v="$1" -v lim="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= lim : v <= lim; print ok ? "met" : "NOT met" }'; }
+echo "nginx/direct throughput (closed):   $(ratio "$(json nginx.closed rps)" "$(json direct.closed rps)")"
+if [ -n "$PV_UNAVAILABLE" ]; then
+    echo "portvakt targets: not measured — $PV_UNAVAILABLE"
+else
+    r1=$(ratio "$(json portvakt.closed rps)" "$(json nginx.closed rps)")
+    r2=$(ratio "${SRV_CPU[portvakt.closed]}" "${SRV_CPU[nginx.closed]}")
+    d=$(awk -v a="$(json portvakt.rate p99_us)" -v b="$(json direct.rate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+    echo "portvakt/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
+    echo "portvakt/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
+    echo "portvakt p99 - direct p99 at $RATE/s: $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
+fi
+echo
+echo "raw (loadgen JSON lines):"
+for t in direct nginx portvakt; do
+    for m in closed rate; do
+        [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
+    done
+done
+exit 0
