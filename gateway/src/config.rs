@@ -36,7 +36,7 @@ pub struct FileConfig {
     pub keys: FileKeys,
     #[serde(default)]
     pub card_backend: Vec<Spanned<FileCardBackend>>,
-    pub feide: Option<Spanned<toml::Table>>,
+    pub feide: Option<Spanned<crate::auth::feide::FileFeide>>,
     pub saml: Option<Spanned<toml::Table>>,
     #[serde(default)]
     pub usage: FileUsage,
@@ -153,6 +153,8 @@ pub struct Config {
     pub signing_key_file: Option<PathBuf>,
     pub signing_cert_file: Option<PathBuf>,
     pub card_backends: Vec<FileCardBackend>,
+    /// `[feide]`, when present.
+    pub feide: Option<crate::auth::feide::FeideSettings>,
     /// Directory that relative paths in `card_backends` are read from.
     pub base_dir: PathBuf,
     /// Minimum count shown in breakdowns by affiliation or age band. Default 5.
@@ -556,10 +558,17 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
             }
         },
     };
+    let feide = file.feide.as_ref().and_then(|f| {
+        f.get_ref()
+            .check(f.span().start, base)
+            .map_err(|problems| {
+                for (at, message) in problems {
+                    errors.push(places.at(at, message));
+                }
+            })
+            .ok()
+    });
     let mut not_yet_supported = Vec::new();
-    if file.feide.is_some() {
-        not_yet_supported.push("[feide]");
-    }
     if file.saml.is_some() {
         not_yet_supported.push("[saml]");
     }
@@ -598,6 +607,7 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
                 signing_key_file: k.signing_key_file.as_ref().map(|p| path(p.get_ref())),
                 signing_cert_file: k.signing_cert_file.as_ref().map(|p| path(p.get_ref())),
                 card_backends,
+                feide,
                 base_dir: base.to_path_buf(),
                 k_anonymity,
                 flush_interval,

@@ -219,6 +219,8 @@ pub struct LoginPage<'a> {
     pub csrf: &'a str,
     /// Deep-link path to keep through the login.
     pub path: Option<&'a str>,
+    /// The "Log in with Feide" button (label, href), when Feide is configured.
+    pub feide: Option<(&'static str, String)>,
 }
 
 #[derive(Debug, Template)]

@@ -38,13 +38,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/login", get(login_form).post(login_submit))
         .route("/logout", post(logout))
         .route("/go/{service}", get(go))
+        .route(
+            crate::auth::feide::START_PATH,
+            get(crate::auth::feide::start),
+        )
+        .route(
+            crate::auth::feide::CALLBACK_PATH,
+            get(crate::auth::feide::callback),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
         .with_state(app)
 }
 
 /// Names of the cookies; `__Host-` (Secure, no Domain, Path=/) when served over https.
-fn session_cookie(app: &App) -> &'static str {
+pub(crate) fn session_cookie(app: &App) -> &'static str {
     if app.secure_cookies {
         "__Host-portvakt"
     } else {
@@ -52,7 +60,7 @@ fn session_cookie(app: &App) -> &'static str {
     }
 }
 
-fn login_cookie(app: &App) -> &'static str {
+pub(crate) fn login_cookie(app: &App) -> &'static str {
     if app.secure_cookies {
         "__Host-portvakt-login"
     } else {
@@ -60,7 +68,7 @@ fn login_cookie(app: &App) -> &'static str {
     }
 }
 
-fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+pub(crate) fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
     if app.secure_cookies {
         c.push_str("; Secure");
@@ -84,7 +92,7 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 
 /// The session of this request, if its cookie names a live one. A malformed id is
 /// refused before any store lookup.
-async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
+pub(crate) async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
     let id = SessionId::parse(cookie(headers, session_cookie(app))?).ok()?;
     match app.store.get_session(&id, app.clock.now()).await {
         Ok(Some(data)) => Some((id, data)),
@@ -206,7 +214,13 @@ async fn start(
                 .and_then(|i| policy.institution(i.as_str()))
                 .map_or_else(String::new, |i| i.name.clone());
             (
-                Some(format!("{} {home}.", t.logged_in_as_patron)),
+                Some(format!(
+                    "{} {home}.",
+                    match data.login_method {
+                        LoginMethod::Feide => crate::auth::feide::texts(t).logged_in,
+                        LoginMethod::Card => t.logged_in_as_patron,
+                    }
+                )),
                 usable_services(&policy, &subject, ip),
                 true,
                 data.csrf.clone(),
@@ -253,7 +267,7 @@ pub struct LoginQuery {
 }
 
 /// Only a service slug may travel through the login form; anything else is dropped.
-fn clean_service(s: Option<&str>) -> Option<String> {
+pub(crate) fn clean_service(s: Option<&str>) -> Option<String> {
     s.filter(|s| {
         !s.is_empty()
             && s.len() <= 40
@@ -275,7 +289,7 @@ pub(crate) fn clean_path(p: Option<&str>) -> Option<String> {
     .map(str::to_owned)
 }
 
-fn go_location(service: &str, path: Option<&str>) -> String {
+pub(crate) fn go_location(service: &str, path: Option<&str>) -> String {
     match path {
         Some(p) => format!(
             "/go/{service}?{}",
@@ -285,7 +299,7 @@ fn go_location(service: &str, path: Option<&str>) -> String {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut b = [0u8; 24];
     // Without randomness there can be no safe token; an all-zero nonce would still be
     // unguessable to nobody, so fail the request instead (see login_form).
@@ -347,6 +361,10 @@ fn login_page(app: &App, policy: &Policy, r: LoginRender<'_>) -> Response {
         selected: r.selected,
         csrf: &csrf,
         path: r.path,
+        feide: app
+            .feide
+            .as_ref()
+            .map(|_| crate::auth::feide::login_button(r.t, r.service, r.path)),
     };
     let mut resp = html(r.status, pages::render(&page));
     resp.headers_mut().append(
