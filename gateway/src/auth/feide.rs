@@ -366,7 +366,9 @@ type OidcClient = CoreClient<
 struct Cached {
     metadata: Arc<CoreProviderMetadata>,
     next_refresh: Instant,
-    jwks_fetched: Instant,
+    /// The last refetch of the key set for an unknown key id (discovery does not count:
+    /// a key rotated just after it must still be found).
+    kid_refresh: Option<Instant>,
 }
 
 /// The Feide relying party. One per gateway, shared by every request.
@@ -445,7 +447,7 @@ impl FeideClient {
                 *cache = Some(Cached {
                     metadata: metadata.clone(),
                     next_refresh: now + self.metadata_ttl,
-                    jwks_fetched: now,
+                    kid_refresh: None,
                 });
                 Ok(metadata)
             }
@@ -475,11 +477,13 @@ impl FeideClient {
             return Ok(seen.clone());
         };
         // Another login refreshed meanwhile, or one did just now: use what is there.
-        if !Arc::ptr_eq(&c.metadata, seen) || now.duration_since(c.jwks_fetched) < JWKS_REFRESH_GAP
-        {
+        let too_soon = c
+            .kid_refresh
+            .is_some_and(|at| now.duration_since(at) < JWKS_REFRESH_GAP);
+        if !Arc::ptr_eq(&c.metadata, seen) || too_soon {
             return Ok(c.metadata.clone());
         }
-        c.jwks_fetched = now;
+        c.kid_refresh = Some(now);
         let jwks = JsonWebKeySet::fetch_async(c.metadata.jwks_uri(), &self.http)
             .await
             .map_err(|e| discovery_error(e, "the key set"))?;
