@@ -56,6 +56,8 @@ pub struct App {
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Metrics,
+    /// The Feide login, when `[feide]` is configured.
+    pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
 }
 
 /// A session unused for this long ends, even before `session_ttl`: a library computer
@@ -87,6 +89,8 @@ pub struct AppParts {
     pub trusted_proxies: Vec<IpNet>,
     /// Connections to vendors (timeouts, extra CAs for tests).
     pub upstream_settings: crate::proxy::UpstreamSettings,
+    /// The Feide login, when `[feide]` is configured.
+    pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
     /// The signing key for SAML and OIDC, with the keys rotated out (still published).
     pub signing: Option<Signing>,
 }
@@ -185,6 +189,7 @@ impl App {
             session_ttl: parts.session_ttl,
             trusted_proxies: parts.trusted_proxies,
             metrics,
+            feide: parts.feide,
         }))
     }
 

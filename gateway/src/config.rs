@@ -36,7 +36,7 @@ pub struct FileConfig {
     pub keys: FileKeys,
     #[serde(default)]
     pub card_backend: Vec<Spanned<FileCardBackend>>,
-    pub feide: Option<Spanned<toml::Table>>,
+    pub feide: Option<Spanned<crate::auth::feide::FileFeide>>,
     pub saml: Option<FileSaml>,
     #[serde(default)]
     pub usage: FileUsage,
@@ -168,6 +168,8 @@ pub struct Config {
     /// `[saml] scope`, default the public host without a port.
     pub saml_scope: Option<String>,
     pub card_backends: Vec<FileCardBackend>,
+    /// `[feide]`, when present.
+    pub feide: Option<crate::auth::feide::FeideSettings>,
     /// Directory that relative paths in `card_backends` are read from.
     pub base_dir: PathBuf,
     /// Minimum count shown in breakdowns by affiliation or age band. Default 5.
@@ -580,10 +582,17 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
             }
         },
     };
+    let feide = file.feide.as_ref().and_then(|f| {
+        f.get_ref()
+            .check(f.span().start, base)
+            .map_err(|problems| {
+                for (at, message) in problems {
+                    errors.push(places.at(at, message));
+                }
+            })
+            .ok()
+    });
     let mut not_yet_supported = Vec::new();
-    if file.feide.is_some() {
-        not_yet_supported.push("[feide]");
-    }
     if !file.statistician.is_empty() {
         not_yet_supported.push("[[statistician]]");
     }
@@ -634,6 +643,7 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
                     .and_then(|s| s.scope.as_ref())
                     .map(|e| e.get_ref().clone()),
                 card_backends,
+                feide,
                 base_dir: base.to_path_buf(),
                 k_anonymity,
                 flush_interval,

@@ -242,6 +242,7 @@ pub async fn start(
         session_ttl: std::time::Duration::from_secs(8 * 3600),
         trusted_proxies: Vec::new(),
         upstream_settings: Default::default(),
+        feide: None,
     })?;
     let running = crate::server::start(app, public, admin, None).map_err(|e| e.to_string())?;
     Ok((running, cards, public_host))

@@ -146,6 +146,12 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
         session_ttl: config.session_ttl,
         trusted_proxies: config.trusted_proxies.clone(),
         upstream_settings: Default::default(),
+        feide: match &config.feide {
+            Some(f) => Some(Arc::new(
+                crate::auth::feide::FeideClient::new(f).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        },
     })
 }
 

@@ -224,6 +224,8 @@ pub struct LoginPage<'a> {
     pub path: Option<&'a str>,
     /// A federation endpoint to return to after the login.
     pub next: Option<&'a str>,
+    /// The "Log in with Feide" button (label, href), when Feide is configured.
+    pub feide: Option<(&'static str, String)>,
 }
 
 #[derive(Debug, Template)]

@@ -38,6 +38,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/login", get(login_form).post(login_submit))
         .route("/logout", post(logout))
         .route("/go/{service}", get(go))
+        .route(
+            crate::auth::feide::START_PATH,
+            get(crate::auth::feide::start),
+        )
+        .route(
+            crate::auth::feide::CALLBACK_PATH,
+            get(crate::auth::feide::callback),
+        )
         .fallback(not_found)
         .with_state(app.clone())
         .merge(crate::sso::router(app))
@@ -45,7 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Names of the cookies; `__Host-` (Secure, no Domain, Path=/) when served over https.
-fn session_cookie(app: &App) -> &'static str {
+pub(crate) fn session_cookie(app: &App) -> &'static str {
     if app.secure_cookies {
         "__Host-portvakt"
     } else {
@@ -53,7 +61,7 @@ fn session_cookie(app: &App) -> &'static str {
     }
 }
 
-fn login_cookie(app: &App) -> &'static str {
+pub(crate) fn login_cookie(app: &App) -> &'static str {
     if app.secure_cookies {
         "__Host-portvakt-login"
     } else {
@@ -61,7 +69,7 @@ fn login_cookie(app: &App) -> &'static str {
     }
 }
 
-fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+pub(crate) fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
     if app.secure_cookies {
         c.push_str("; Secure");
@@ -207,7 +215,13 @@ async fn start(
                 .and_then(|i| policy.institution(i.as_str()))
                 .map_or_else(String::new, |i| i.name.clone());
             (
-                Some(format!("{} {home}.", t.logged_in_as_patron)),
+                Some(format!(
+                    "{} {home}.",
+                    match data.login_method {
+                        LoginMethod::Feide => crate::auth::feide::texts(t).logged_in,
+                        LoginMethod::Card => t.logged_in_as_patron,
+                    }
+                )),
                 usable_services(&policy, &subject, ip),
                 true,
                 data.csrf.clone(),
@@ -261,7 +275,7 @@ fn clean_next(n: Option<&str>) -> Option<String> {
 }
 
 /// Only a service slug may travel through the login form; anything else is dropped.
-fn clean_service(s: Option<&str>) -> Option<String> {
+pub(crate) fn clean_service(s: Option<&str>) -> Option<String> {
     s.filter(|s| {
         !s.is_empty()
             && s.len() <= 40
@@ -283,7 +297,7 @@ pub(crate) fn clean_path(p: Option<&str>) -> Option<String> {
     .map(str::to_owned)
 }
 
-fn go_location(service: &str, path: Option<&str>) -> String {
+pub(crate) fn go_location(service: &str, path: Option<&str>) -> String {
     match path {
         Some(p) => format!(
             "/go/{service}?{}",
@@ -293,7 +307,7 @@ fn go_location(service: &str, path: Option<&str>) -> String {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut b = [0u8; 24];
     // Without randomness there can be no safe token; an all-zero nonce would still be
     // unguessable to nobody, so fail the request instead (see login_form).
@@ -357,6 +371,10 @@ fn login_page(app: &App, policy: &Policy, r: LoginRender<'_>) -> Response {
         csrf: &csrf,
         path: r.path,
         next: r.next,
+        feide: app
+            .feide
+            .as_ref()
+            .map(|_| crate::auth::feide::login_button(r.t, r.service, r.path)),
     };
     let mut resp = html(r.status, pages::render(&page));
     resp.headers_mut().append(

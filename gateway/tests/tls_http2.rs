@@ -42,6 +42,7 @@ async fn start(tls: bool) -> Started {
         session_ttl: std::time::Duration::from_secs(3600),
         trusted_proxies: Vec::new(),
         upstream_settings: Default::default(),
+        feide: None,
     })
     .unwrap();
     let cert = rcgen::generate_simple_self_signed(vec![
