@@ -131,7 +131,7 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept. Default 90 s.
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per origin. Default 32.
+    /// Idle connections kept per origin. Default 1024.
     pub pool_max_idle_per_host: usize,
     /// Roots trusted beside the Mozilla set (webpki-roots): a test or demo origin's CA.
     /// Default none.
@@ -143,7 +143,10 @@ impl Default for UpstreamSettings {
         Self {
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
+            // At least the number of requests in flight to one vendor at busy times: a
+            // smaller pool closes and reopens connections under load, which costs both
+            // sides far more than the idle sockets do.
+            pool_max_idle_per_host: 1024,
             extra_roots: Vec::new(),
         }
     }

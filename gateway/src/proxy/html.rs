@@ -282,7 +282,9 @@ fn settings(plan: &HtmlPlan, hosts: &Arc<HostMap>, service: &str) -> Settings<'s
     })
 }
 
-/// Adds an element handler. Not lol_html's `element!`, which unwraps the selector parse.
+/// Adds an element handler. Not lol_html's `element!`, which unwraps the selector parse;
+/// and each selector is parsed once per process, not once per page (parsing showed up in
+/// the load test).
 fn with_handler<F>(
     s: Settings<'static, 'static>,
     selector: &str,
@@ -291,16 +293,33 @@ fn with_handler<F>(
 where
     F: FnMut(&mut Element<'_, '_>) -> HandlerResult + Send + 'static,
 {
-    match selector.parse::<Selector>() {
-        Ok(sel) => s.append_element_content_handler((
-            Cow::Owned(sel),
+    match parsed_selector(selector) {
+        Some(sel) => s.append_element_content_handler((
+            Cow::Borrowed(sel),
             ElementContentHandlers::default().element(f),
         )),
-        Err(e) => {
-            tracing::error!(%selector, error = %e, "bad rewriter selector");
+        None => {
+            tracing::error!(%selector, "bad rewriter selector");
             s
         }
     }
+}
+
+/// The parsed selector, from a process-wide cache. The set of selectors is fixed (the
+/// attribute lists above), so the cache stays small; each entry is leaked once on purpose
+/// to give lol_html the `'static` borrow it wants.
+fn parsed_selector(selector: &str) -> Option<&'static Selector> {
+    use std::collections::HashMap;
+    use std::sync::LazyLock;
+    static CACHE: LazyLock<Mutex<HashMap<String, Option<&'static Selector>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    *cache.entry(selector.to_owned()).or_insert_with(|| {
+        selector
+            .parse::<Selector>()
+            .ok()
+            .map(|s| &*Box::leak(Box::new(s)))
+    })
 }
 
 /// Each candidate URL of a `srcset` (`url [descriptor], url [descriptor]`). Following the
