@@ -6,6 +6,7 @@
 #![cfg(test)]
 
 #[path = "support/http.rs"]
+#[allow(dead_code)]
 mod http;
 
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@
 #![cfg(test)]
 
 #[path = "support/http.rs"]
+#[allow(dead_code)]
 mod http;
 #[path = "support/origin.rs"]
 mod origin;

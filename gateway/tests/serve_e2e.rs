@@ -7,6 +7,7 @@
 #![cfg(test)]
 
 #[path = "support/http.rs"]
+#[allow(dead_code)]
 mod http;
 #[path = "support/sip2_peer.rs"]
 mod sip2_peer;

@@ -1,8 +1,6 @@
 //! A deliberately small HTTP/1.1 client over a plain TCP socket, so tests can also send
 //! what no well-behaved client would (oversized headers, odd targets, raw bytes).
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
