@@ -236,7 +236,10 @@ fn a_patron_logs_in_and_follows_an_entry_link() {
     let r = get("/go/avis?path=/artikkel/1", &[("Cookie", &cookie)]);
     assert_eq!(r.status, 303);
     let location = r.header("location").unwrap();
-    assert!(location.starts_with("http://avis.bib.test/__portvakt/enter?t="), "{location}");
+    assert!(
+        location.starts_with("http://avis.bib.test/__portvakt/enter?t="),
+        "{location}"
+    );
     assert!(location.ends_with("&path=%2Fartikkel%2F1"), "{location}");
 }
 
