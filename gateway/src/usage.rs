@@ -44,11 +44,11 @@
 //!
 //! Searches and item requests follow COUNTER's double-click rule: the same session clicking
 //! the same search or item again within 30 s counts once (each click restarts the 30 s).
-//! `unique_item_requests` counts a session and item once a day. Both are tracked by SipHash
-//! of (service, session id, item) under a random in-memory key that changes every day, in
-//! bounded maps ([`CLICK_CAPACITY`]): the 30 s entries are swept at every flush, the
-//! per-day ones dropped at midnight. This state is not persisted: after a restart a click
-//! can count once more.
+//! `unique_item_requests` counts a session and item once a day. Both are tracked in one
+//! map from SipHash of (service, session id, item), under a random in-memory key that
+//! changes every day, to the last click's time; the map is bounded ([`CLICK_CAPACITY`])
+//! and dropped with its key at midnight. This state is not persisted: after a restart a
+//! click can count once more.
 
 mod api;
 mod config;
@@ -72,7 +72,7 @@ use crate::policy::{AgeBand, DenyReason};
 use crate::store::Clock;
 use crate::subject::Affiliation;
 
-pub use api::router;
+pub use api::{render_csv, render_json, router};
 pub use config::{ConfigProblem, FileStatistician, Statistician, Statisticians};
 pub use counters::Metric;
 pub use query::{Period, Query, Row, Rows};
@@ -80,9 +80,9 @@ pub use query::{Period, Query, Row, Rows};
 use counters::{Archive, CellKey, Live, Names};
 use distinct::{Clicks, Distinct};
 
-/// Entries kept for the double-click rule and for per-session uniqueness, each. At about
-/// 40 bytes an entry this bounds the click state near 160 MiB; past it, a click that cannot
-/// be tracked counts (as COUNTER prefers over losing usage).
+/// (Service, session, item) entries kept a day for the double-click rule and per-session
+/// uniqueness. At about 24 bytes an entry this bounds the click state near 50 MiB; past
+/// it, a click that cannot be tracked counts.
 pub const CLICK_CAPACITY: usize = 2_000_000;
 
 /// Everything that can go wrong with usage counting and its exports.
@@ -258,7 +258,7 @@ impl Usage {
             names: RwLock::new(names),
             live: Live::new(),
             distinct: Mutex::new(distinct),
-            clicks: Clicks::new(today.day),
+            clicks: Clicks::new(),
             archive: RwLock::new(archive),
             flushing: Mutex::new(()),
             data_dir: data_dir.map(Path::to_path_buf),
@@ -377,7 +377,6 @@ impl Usage {
         let _one = lock(&self.flushing);
         let today = self.day_of(self.clock.now());
         let changes = self.sync(today);
-        self.clicks.sweep(self.clock.now());
         if let Some(dir) = &self.data_dir {
             let names = read(&self.names).clone_if_dirty();
             let archive = read(&self.archive);

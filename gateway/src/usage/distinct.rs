@@ -5,8 +5,9 @@
 //! gives the method and its error bound.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::hash::Hasher;
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -165,7 +166,6 @@ pub fn first_of_month(d: Date) -> Date {
 fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
-        use std::hash::BuildHasher;
         let s = std::collections::hash_map::RandomState::new();
         b[..8].copy_from_slice(&s.hash_one(1u8).to_le_bytes());
         b[8..].copy_from_slice(&s.hash_one(2u8).to_le_bytes());
@@ -262,82 +262,65 @@ pub struct Click {
 
 #[derive(Debug, Default)]
 struct ClickShard {
+    /// The day the key and entries are for.
     day: Option<Date>,
-    /// Hash → last click (ms since the epoch).
+    key: [u8; 16],
+    /// Keyed hash of (service, session, item) → its last click today (ms since the
+    /// epoch). Presence is "seen today"; the time drives the double-click rule.
     last: FxHashMap<u64, i64>,
-    /// Hashes seen today.
-    seen: FxHashSet<u64>,
 }
 
-/// The double-click and unique-item state: keyed hashes only, bounded, in memory.
+/// The double-click and unique-item state: keyed hashes only, bounded, in memory, and
+/// forgotten (with the shard's key) when the day changes.
 #[derive(Debug)]
 pub struct Clicks {
-    key: RwLock<(Date, [u8; 16])>,
     shards: Box<[Mutex<ClickShard>]>,
 }
 
 impl Clicks {
-    pub fn new(today: Date) -> Self {
+    pub fn new() -> Self {
         Clicks {
-            key: RwLock::new((today, random16())),
             shards: (0..CLICK_SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
     pub fn click(&self, svc: u16, session: &str, item: &str, day: Date, now: Timestamp) -> Click {
-        let mut key = *super::read(&self.key);
-        if day > key.0 {
-            let mut w = super::write(&self.key);
-            if day > w.0 {
-                // A new day, a new key: yesterday's hashes cannot be matched any more.
-                *w = (day, random16());
-            }
-            key = *w;
+        // The shard comes from the session alone (not secret: it only spreads the load).
+        let shard_no = rustc_hash::FxBuildHasher.hash_one(session) as usize % CLICK_SHARDS;
+        let mut shard = super::lock(&self.shards[shard_no]);
+        if shard.day.is_none_or(|d| day > d) {
+            // A new day, a new key: yesterday's hashes cannot be matched any more.
+            shard.day = Some(day);
+            shard.key = random16();
+            shard.last = FxHashMap::default();
         }
-        let mut h = SipHasher13::new_with_key(&key.1);
+        let mut h = SipHasher13::new_with_key(&shard.key);
         h.write_u16(svc);
         h.write(session.as_bytes());
         h.write_u8(0xFF);
         h.write(item.as_bytes());
         let h = h.finish();
-        let cap = super::CLICK_CAPACITY / CLICK_SHARDS;
-        let mut shard = super::lock(&self.shards[(h >> 60) as usize % CLICK_SHARDS]);
-        if shard.day != Some(key.0) {
-            shard.day = Some(key.0);
-            shard.seen = FxHashSet::default();
-        }
         let now_ms = now.as_millisecond();
-        let counts = match shard.last.get_mut(&h) {
+        let cap = super::CLICK_CAPACITY / CLICK_SHARDS;
+        match shard.last.get_mut(&h) {
             Some(t) => {
                 let repeat = now_ms - *t <= DOUBLE_CLICK_MS;
                 *t = now_ms;
-                !repeat
+                Click {
+                    counts: !repeat,
+                    first_today: false,
+                }
             }
             None => {
                 if shard.last.len() < cap {
                     shard.last.insert(h, now_ms);
                 }
-                true
+                // Past the cap a click cannot be tracked, and counts.
+                Click {
+                    counts: true,
+                    first_today: true,
+                }
             }
-        };
-        let first_today = if shard.seen.len() < cap {
-            shard.seen.insert(h)
-        } else {
-            !shard.seen.contains(&h)
-        };
-        Click {
-            counts,
-            first_today,
-        }
-    }
-
-    /// Forgets clicks older than the window.
-    pub fn sweep(&self, now: Timestamp) {
-        let now_ms = now.as_millisecond();
-        for s in self.shards.iter() {
-            super::lock(s)
-                .last
-                .retain(|_, t| now_ms - *t <= DOUBLE_CLICK_MS);
         }
     }
 }
