@@ -426,22 +426,14 @@ pub fn render_csv(rows: &Rows, policy: &Policy) -> String {
     out
 }
 
-#[derive(serde::Serialize)]
-struct JsonRow<'a> {
-    period: &'a str,
-    institution: &'a str,
-    institution_name: &'a str,
-    service: &'a str,
-    service_name: &'a str,
-    metric: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    affiliation: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    age_band: Option<&'a str>,
-    value: Option<u64>,
+/// A JSON string literal, escaped.
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 /// JSON: the query echoed, then one object per cell; hidden cells have `"value": null`.
+/// Written by hand from pre-escaped names: a national year by month is over a million
+/// rows, and building a `serde_json::Value` of them would take seconds.
 pub fn render_json(rows: &Rows, policy: &Policy, q: &Query) -> String {
     let names = NameTable::new(rows, policy);
     let mut by = vec!["institution", "service"];
@@ -451,44 +443,63 @@ pub fn render_json(rows: &Rows, policy: &Policy, q: &Query) -> String {
     if q.by_age_band {
         by.push("age_band");
     }
-    let list: Vec<JsonRow<'_>> = rows
-        .rows
-        .iter()
-        .map(|r| {
-            let (affiliation, age_band) = dims(r.aff, r.band);
-            JsonRow {
-                period: rows.period(r),
-                institution: rows.institution(r),
-                institution_name: names
-                    .institutions
-                    .get(usize::from(r.inst))
-                    .copied()
-                    .unwrap_or(""),
-                service: rows.service(r),
-                service_name: names
-                    .services
-                    .get(usize::from(r.svc))
-                    .copied()
-                    .unwrap_or(""),
-                metric: r.metric_name(),
-                affiliation,
-                age_band,
-                value: r.value,
-            }
-        })
-        .collect();
     let period = match q.period {
         Period::Day => "day",
         Period::Month => "month",
         Period::Total => "total",
     };
-    serde_json::json!({
+    let head = serde_json::json!({
         "from": q.from.to_string(),
         "to": q.to.to_string(),
         "period": period,
         "by": by,
         "k_anonymity": q.k_anonymity,
-        "rows": list,
     })
-    .to_string()
+    .to_string();
+    // `{"from":…,"k_anonymity":5}` → `{"from":…,"k_anonymity":5,"rows":[…]}`
+    let mut out = String::with_capacity(head.len() + 16 + rows.rows.len() * 200);
+    out.push_str(head.strip_suffix('}').unwrap_or(&head));
+    out.push_str(",\"rows\":[");
+    let esc = |v: &[Arc<str>]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>();
+    let (inst_ids, svc_ids) = (esc(&rows.institutions), esc(&rows.services));
+    let inst_names: Vec<String> = names.institutions.iter().map(|s| json_str(s)).collect();
+    let svc_names: Vec<String> = names.services.iter().map(|s| json_str(s)).collect();
+    let periods: Vec<String> = rows.periods.iter().map(|s| json_str(s)).collect();
+    for (n, r) in rows.rows.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let (affiliation, age_band) = dims(r.aff, r.band);
+        out.push_str("{\"period\":");
+        out.push_str(periods.get(r.period as usize).map_or("\"\"", |s| s));
+        out.push_str(",\"institution\":");
+        out.push_str(inst_ids.get(usize::from(r.inst)).map_or("\"\"", |s| s));
+        out.push_str(",\"institution_name\":");
+        out.push_str(inst_names.get(usize::from(r.inst)).map_or("\"\"", |s| s));
+        out.push_str(",\"service\":");
+        out.push_str(svc_ids.get(usize::from(r.svc)).map_or("\"\"", |s| s));
+        out.push_str(",\"service_name\":");
+        out.push_str(svc_names.get(usize::from(r.svc)).map_or("\"\"", |s| s));
+        out.push_str(",\"metric\":\"");
+        out.push_str(r.metric.as_str());
+        if let Some(reason) = r.reason {
+            out.push(':');
+            out.push_str(reason.as_str());
+        }
+        out.push('"');
+        if let Some(a) = affiliation {
+            let _ = write!(out, ",\"affiliation\":\"{a}\"");
+        }
+        if let Some(b) = age_band {
+            let _ = write!(out, ",\"age_band\":\"{b}\"");
+        }
+        match r.value {
+            Some(v) => {
+                let _ = write!(out, ",\"value\":{v}}}");
+            }
+            None => out.push_str(",\"value\":null}"),
+        }
+    }
+    out.push_str("]}");
+    out
 }
