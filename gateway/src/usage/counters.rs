@@ -242,17 +242,28 @@ impl Names {
     }
 }
 
-/// What the hot path writes: increments by (day, packed key), in shards picked by the
-/// cell, so one event takes one uncontended lock whatever its metrics.
+/// What the hot path writes: per (day, cell), one slot per metric and denial reason,
+/// in shards picked by the cell, so one event is one uncontended lock and one hash lookup
+/// whatever its metrics.
 #[derive(Debug)]
 pub struct Live {
     shards: Box<[Mutex<Increments>]>,
 }
 
-/// Increments by (day, packed key).
-type Increments = FxHashMap<(Date, u64), u64>;
+/// Slots: the metrics by code (the `denials` slot unused), then denials by reason code.
+const SLOTS: usize = 10 + DenyReason::ALL.len();
+type Slots = [u64; SLOTS];
+type Increments = FxHashMap<(Date, CellKey), Slots>;
 
 const SHARDS: usize = 32;
+
+fn slot(m: Metric, reason: u8) -> usize {
+    if m == Metric::Denials {
+        10 + usize::from(reason).min(SLOTS - 11)
+    } else {
+        m as usize
+    }
+}
 
 impl Live {
     pub fn new() -> Self {
@@ -267,9 +278,10 @@ impl Live {
         }
         let shard = (FxBuildHasher.hash_one(cell) >> 32) as usize % SHARDS;
         let mut map = super::lock(&self.shards[shard]);
+        let slots = map.entry((day, cell)).or_insert([0; SLOTS]);
         for &(m, reason, v) in adds {
-            let e = map.entry((day, cell.with(m, reason))).or_insert(0);
-            *e = e.saturating_add(v);
+            let s = &mut slots[slot(m, reason)];
+            *s = s.saturating_add(v);
         }
     }
 
@@ -277,7 +289,22 @@ impl Live {
         let mut out = Vec::new();
         for s in self.shards.iter() {
             let map = std::mem::take(&mut *super::lock(s));
-            out.extend(map);
+            for ((day, cell), slots) in map {
+                for (i, v) in slots.into_iter().enumerate() {
+                    if v == 0 {
+                        continue;
+                    }
+                    let key = if i >= 10 {
+                        cell.with(Metric::Denials, (i - 10) as u8)
+                    } else {
+                        match Metric::from_code(i as u8) {
+                            Some(m) => cell.with(m, NO_REASON),
+                            None => continue,
+                        }
+                    };
+                    out.push(((day, key), v));
+                }
+            }
         }
         out
     }
