@@ -176,6 +176,8 @@ pub struct Config {
     pub k_anonymity: u32,
     /// Default 1 s.
     pub flush_interval: Duration,
+    /// `[[statistician]]`: who may read usage (native API, SUSHI). Default none.
+    pub statisticians: crate::usage::Statisticians,
     pub log_format: LogFormat,
     /// Sections accepted by the format but not yet acted on by this version; the server
     /// warns about each at start.
@@ -592,6 +594,21 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
             })
             .ok()
     });
+    let tables: Vec<toml::Table> = file
+        .statistician
+        .iter()
+        .map(|t| t.get_ref().clone())
+        .collect();
+    let statisticians = match crate::usage::Statisticians::from_tables(&tables) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in problems {
+                let at = file.statistician.get(p.index).map_or(0, |t| t.span().start);
+                errors.push(places.at(at, format!("statistician[{}]: {}", p.index, p.message)));
+            }
+            Default::default()
+        }
+    };
     let mut not_yet_supported = Vec::new();
     if !file.statistician.is_empty() {
         not_yet_supported.push("[[statistician]]");
@@ -647,6 +664,7 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
                 base_dir: base.to_path_buf(),
                 k_anonymity,
                 flush_interval,
+                statisticians,
                 log_format,
                 not_yet_supported,
             })
@@ -742,6 +760,24 @@ mod tests {
                 |l| l.starts_with("portvakt.toml:3:1: error: card_backend[0]: ")
                     && l.contains("addr")
             ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn statisticians_are_checked_with_their_place() {
+        let good = format!(
+            "{KEYS}[[statistician]]\nname = \"ssb\"\napi_key_sha256 = \"{}\"\ngroups = [\"vestfold-bibliotek\"]\n",
+            "ab".repeat(32)
+        );
+        let c = parse(&good).expect("valid");
+        assert!(!c.statisticians.is_empty());
+        let bad = format!("{KEYS}[[statistician]]\nname = \"ssb\"\napi_key_sha256 = \"nope\"\n");
+        let e = parse(&bad).expect_err("invalid");
+        assert!(e.iter().any(|l| l.contains("error: statistician[0]: api_key_sha256 must be 64 hex digits")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("statistician[0]: needs institutions or groups")),
             "{e:?}"
         );
     }

@@ -25,3 +25,4 @@ pub mod store;
 pub mod subject;
 pub mod telemetry;
 pub mod tls;
+pub mod usage;
