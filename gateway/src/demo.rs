@@ -11,6 +11,7 @@ use jiff::ToSpan;
 use jiff::civil::Date;
 use tokio::net::TcpListener;
 
+pub mod federated;
 pub mod vendor;
 
 use crate::app::{App, AppParts};
@@ -184,6 +185,16 @@ pub async fn start(
         }
     }
 
+    // The demo SAML and OIDC vendors, started once the signing certificate exists.
+    let saml_sp = policy.services().iter().find_map(|svc| match &svc.access {
+        crate::policy::Access::Saml(s) if svc.id.as_str() == "ebok" => Some(s.clone()),
+        _ => None,
+    });
+    let oidc_rp = policy.services().iter().find_map(|svc| match &svc.access {
+        crate::policy::Access::Oidc(o) if svc.id.as_str() == "fagportalen" => Some(o.clone()),
+        _ => None,
+    });
+
     // One library system for the whole county, as a consortium shares one.
     let libraries: Vec<String> = policy
         .institutions()
@@ -245,7 +256,66 @@ pub async fn start(
         feide: None,
     })?;
     let running = crate::server::start(app, public, admin, None).map_err(|e| e.to_string())?;
+    let gateway_url = format!("http://{public_host}");
+    spawn_federated(saml_sp, oidc_rp, &gateway_url, port, &cert_pem).await;
     Ok((running, cards, public_host))
+}
+
+/// The client secret of the demo OIDC vendor; its SHA-256 is in the demo policy.
+pub const DEMO_OIDC_SECRET: &str = "demo-oidc-secret";
+
+fn loopback(u: &url::Url) -> Option<SocketAddr> {
+    (u.host_str()? == "127.0.0.1").then_some(())?;
+    Some(SocketAddr::from((
+        [127, 0, 0, 1],
+        u.port_or_known_default()?,
+    )))
+}
+
+/// Starts the demo SAML vendor on `ebok`'s ACS origin and the demo OIDC vendor on
+/// `fagportalen`'s redirect URI origin, when the policy has them on loopback.
+async fn spawn_federated(
+    saml: Option<crate::policy::SamlSettings>,
+    oidc: Option<crate::policy::OidcSettings>,
+    gateway_url: &str,
+    gateway_port: u16,
+    cert_pem: &str,
+) {
+    if let Some(sp) = saml
+        && let Some(addr) = loopback(&sp.acs_url)
+    {
+        let v = federated::SamlVendor {
+            gateway_url: gateway_url.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            entity_id: sp.entity_id,
+        };
+        federated::spawn(addr, federated::saml_router(v), "ebok").await;
+    }
+    if let Some(rp) = oidc
+        && let Some(redirect_uri) = rp.redirect_uris.first()
+        && let Some(addr) = url::Url::parse(redirect_uri)
+            .ok()
+            .as_ref()
+            .and_then(loopback)
+    {
+        use sha2::Digest;
+        let hash = data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(DEMO_OIDC_SECRET));
+        if rp.client_secret_sha256.as_deref() != Some(hash.as_str()) {
+            tracing::warn!(
+                vendor = "fagportalen",
+                "demo vendor not started: the policy's client secret is not the demo secret"
+            );
+            return;
+        }
+        let v = federated::OidcVendor {
+            gateway_url: gateway_url.to_owned(),
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], gateway_port)),
+            client_id: rp.client_id,
+            client_secret: DEMO_OIDC_SECRET.to_owned(),
+            redirect_uri: redirect_uri.clone(),
+        };
+        federated::spawn(addr, federated::oidc_router(v), "fagportalen").await;
+    }
 }
 
 /// The text `portvakt demo` prints.
@@ -265,6 +335,12 @@ pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> Strin
     s.push_str(&format!(
         "                http://{public_host}/go/avis            (proxy; its /headers page shows what the vendor gets)\n"
     ));
+    s.push_str(
+        "  SAML vendor:  http://127.0.0.1:8391/   (ebok: checks the signature, lists every attribute)\n",
+    );
+    s.push_str(
+        "  OIDC vendor:  http://127.0.0.1:8392/   (fagportalen, students only: checks the id_token, lists every claim)\n",
+    );
     s.push_str(&format!("  Admin:        http://{admin}/metrics   http://{admin}/readyz   POST http://{admin}/reload\n"));
     s.push_str("  (*.localhost resolves to 127.0.0.1 in browsers and curl.)\n\n");
     s.push_str("  Demo cards (library — card / PIN — what it shows):\n");
