@@ -572,30 +572,9 @@ async fn login_submit(
                 institutions,
                 age: info.age,
             };
-            let now = app.clock.now();
-            let Ok(data) = SessionData::new(&subject, LoginMethod::Card, now) else {
+            let Some(id) = begin_session(&app, &headers, &subject, LoginMethod::Card).await else {
                 return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
             };
-            let created = app
-                .store
-                .create_session(
-                    data,
-                    app.session_ttl.min(crate::app::SESSION_IDLE),
-                    app.session_ttl,
-                    now,
-                )
-                .await;
-            let id = match created {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot store the session");
-                    return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
-                }
-            };
-            // A new id at login: a session id planted before login is worth nothing.
-            if let Some((old, _)) = session(&app, &headers).await {
-                let _ = app.store.delete_session(&old).await;
-            }
             count_login(&app, institution, "ok");
             tracing::info!(institution, client = %log_ip(ip), "login");
             let location = match (&next, &service) {
@@ -616,6 +595,39 @@ async fn login_submit(
             resp
         }
     }
+}
+
+/// Starts the session of a successful login (card or Feide): a new id, idle and absolute
+/// expiry, and the session the browser came with deleted, so an id planted before the
+/// login is worth nothing. `None` when the store cannot keep it (already logged).
+pub(crate) async fn begin_session(
+    app: &App,
+    headers: &HeaderMap,
+    subject: &Subject,
+    method: LoginMethod,
+) -> Option<SessionId> {
+    let now = app.clock.now();
+    let data = SessionData::new(subject, method, now).ok()?;
+    let created = app
+        .store
+        .create_session(
+            data,
+            app.session_ttl.min(crate::app::SESSION_IDLE),
+            app.session_ttl,
+            now,
+        )
+        .await;
+    let id = match created {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store the session");
+            return None;
+        }
+    };
+    if let Some((old, _)) = session(app, headers).await {
+        let _ = app.store.delete_session(&old).await;
+    }
+    Some(id)
 }
 
 fn count_login(app: &App, institution: &str, outcome: &str) {

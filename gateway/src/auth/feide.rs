@@ -91,7 +91,7 @@ use crate::ids::{InstitutionId, SubjectKey};
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
 use crate::policy::Policy;
-use crate::session::{LoginMethod, SessionData, Ticket, TicketKind};
+use crate::session::{LoginMethod, Ticket, TicketKind};
 use crate::subject::{Affiliation, Age, Subject};
 use crate::telemetry::{self, log_ip};
 
@@ -1354,29 +1354,10 @@ pub async fn callback(
             None,
         )
     };
-    let Ok(data) = SessionData::new(&subject, LoginMethod::Feide, now) else {
+    let Some(id) = pipeline::begin_session(&app, &headers, &subject, LoginMethod::Feide).await
+    else {
         return unavailable();
     };
-    let created = app
-        .store
-        .create_session(
-            data,
-            app.session_ttl.min(crate::app::SESSION_IDLE),
-            app.session_ttl,
-            now,
-        )
-        .await;
-    let id = match created {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store the session");
-            return unavailable();
-        }
-    };
-    // A new id at login: a session id planted before login is worth nothing.
-    if let Some((old, _)) = pipeline::session(&app, &headers).await {
-        let _ = app.store.delete_session(&old).await;
-    }
     count(&app, &institution, "ok");
     tracing::info!(
         institution,
