@@ -58,6 +58,10 @@ pub struct App {
     pub metrics: Metrics,
     /// The Feide login, when `[feide]` is configured.
     pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
+    /// The usage counters, and who may read them.
+    pub usage: Arc<crate::usage::Usage>,
+    pub statisticians: Arc<crate::usage::Statisticians>,
+    pub k_anonymity: u32,
 }
 
 /// A session unused for this long ends, even before `session_ttl`: a library computer
@@ -93,6 +97,12 @@ pub struct AppParts {
     pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
     /// The signing key for SAML and OIDC, with the keys rotated out (still published).
     pub signing: Option<Signing>,
+    /// The usage counters (`Usage::open`), shared with the flusher.
+    pub usage: Arc<crate::usage::Usage>,
+    /// `[[statistician]]`: the keys of the native API and SUSHI.
+    pub statisticians: crate::usage::Statisticians,
+    /// `[usage] k_anonymity`.
+    pub k_anonymity: u32,
 }
 
 /// Federation settings: one key signs SAML responses and id_tokens.
@@ -190,6 +200,9 @@ impl App {
             trusted_proxies: parts.trusted_proxies,
             metrics,
             feide: parts.feide,
+            usage: parts.usage,
+            statisticians: Arc::new(parts.statisticians),
+            k_anonymity: parts.k_anonymity,
         }))
     }
 

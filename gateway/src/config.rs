@@ -610,9 +610,6 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
         }
     };
     let mut not_yet_supported = Vec::new();
-    if !file.statistician.is_empty() {
-        not_yet_supported.push("[[statistician]]");
-    }
     if file.telemetry.otlp_endpoint.is_some() {
         not_yet_supported.push("[telemetry] otlp_endpoint");
     }

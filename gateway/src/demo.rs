@@ -239,7 +239,18 @@ pub async fn start(
         saml_entity_id: None,
         saml_scope: None,
     };
+    let statisticians = demo_statisticians()?;
+    let usage = crate::usage::Usage::open(
+        None,
+        std::time::Duration::from_secs(1),
+        clock.clone(),
+        &crate::launch::usage_salt_key(DEMO_PSEUDONYM_KEY)?,
+    )
+    .map_err(|e| e.to_string())?;
     let app = App::new(AppParts {
+        usage,
+        statisticians,
+        k_anonymity: 5,
         signing: Some(signing),
         policy,
         policy_dir,
@@ -259,6 +270,24 @@ pub async fn start(
     let gateway_url = format!("http://{public_host}");
     spawn_federated(saml_sp, oidc_rp, &gateway_url, port, &cert_pem).await;
     Ok((running, cards, public_host))
+}
+
+/// The demo statistician's API key (it sees every library and school of the demo).
+pub const DEMO_STATISTICIAN_KEY: &str = "demo-statistikk";
+
+fn demo_statisticians() -> Result<crate::usage::Statisticians, String> {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(DEMO_STATISTICIAN_KEY.as_bytes());
+    crate::usage::Statisticians::check(&[crate::usage::FileStatistician {
+        name: "Demo".into(),
+        api_key_sha256: data_encoding::HEXLOWER.encode(&digest),
+        institutions: Vec::new(),
+        groups: vec![
+            "vestfold-bibliotek".into(),
+            "bibliotek24".into(),
+            "vestfold-vgs".into(),
+        ],
+    }])
+    .map_err(|p| format!("the demo statistician: {p:?}"))
 }
 
 /// The client secret of the demo OIDC vendor; its SHA-256 is in the demo policy.
@@ -341,6 +370,12 @@ pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> Strin
     s.push_str(
         "  OIDC vendor:  http://127.0.0.1:8392/   (fagportalen, students only: checks the id_token, lists every claim)\n",
     );
+    s.push_str(&format!(
+        "  Usage:        curl -H 'Authorization: Bearer {DEMO_STATISTICIAN_KEY}' 'http://{public_host}/api/v1/usage?format=csv'\n"
+    ));
+    s.push_str(&format!(
+        "                http://{public_host}/sushi/r51/reports?api_key={DEMO_STATISTICIAN_KEY}&customer_id=vestfold-bibliotek   (SUSHI)\n"
+    ));
     s.push_str(&format!("  Admin:        http://{admin}/metrics   http://{admin}/readyz   POST http://{admin}/reload\n"));
     s.push_str("  (*.localhost resolves to 127.0.0.1 in browsers and curl.)\n\n");
     s.push_str("  Demo cards (library — card / PIN — what it shows):\n");

@@ -56,6 +56,11 @@ pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
 
 /// The shared state from a checked config.
 pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
+    build_app_with_clock(config, Arc::new(SystemClock))
+}
+
+/// [`build_app`] with another clock, for tests that move time (sessions, usage days).
+pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, String> {
     let key = crate::keys::read_key_file(
         "pseudonym key",
         &config.pseudonym_key_file,
@@ -63,6 +68,7 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
     )
     .map_err(|e| e.to_string())?;
     let pseudonym_key = PseudonymKey::new(&key).map_err(|e| e.to_string())?;
+    let usage_salt_key = usage_salt_key(&key)?;
     let session_key = match &config.session_key_file {
         Some(path) => {
             let bytes =
@@ -93,7 +99,6 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
             "[store] backend = \"redis\" is not available in this version; use \"memory\"".into(),
         );
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let built = crate::auth::library_card::build_all(&config.card_backends, &config.base_dir)
         .map_err(|e| e.join("\n"))?;
     let mut verifiers = HashMap::new();
@@ -132,7 +137,26 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
             None
         }
     };
+    for id in config.statisticians.unknown_ids(&policy) {
+        tracing::warn!(id = %id, "a statistician's scope names an institution or group the policy does not have");
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let usage = crate::usage::Usage::open(
+        Some(&config.data_dir),
+        config.flush_interval,
+        clock.clone(),
+        &usage_salt_key,
+    )
+    .map_err(|e| format!("cannot open the usage counters: {e}"))?;
     App::new(AppParts {
+        usage,
+        statisticians: config.statisticians.clone(),
+        k_anonymity: config.k_anonymity,
         signing,
         policy,
         policy_dir: config.policy_dir.clone(),
@@ -153,6 +177,16 @@ pub fn build_app(config: &Config) -> Result<Arc<App>, String> {
             None => None,
         },
     })
+}
+
+/// The key of usage counting's person tokens, derived from the pseudonym key: secret,
+/// the same on every replica and across restarts, and never stored under `data_dir`.
+pub fn usage_salt_key(pseudonym_key: &[u8]) -> Result<[u8; 32], String> {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(pseudonym_key)
+        .map_err(|_| "the pseudonym key cannot key an HMAC".to_owned())?;
+    mac.update(b"portvakt-usage-salt-key");
+    Ok(mac.finalize().into_bytes().into())
 }
 
 /// The memory store, swept every minute so expired sessions do not pile up.

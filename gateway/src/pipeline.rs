@@ -48,7 +48,16 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .fallback(not_found)
         .with_state(app.clone())
-        .merge(crate::sso::router(app))
+        .merge(crate::sso::router(app.clone()))
+        .merge({
+            let policy_app = app.clone();
+            crate::usage::router(
+                app.usage.clone(),
+                move || policy_app.policy(),
+                app.statisticians.clone(),
+                app.k_anonymity,
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
 }
 
@@ -515,6 +524,7 @@ async fn login_submit(
     let now = Instant::now();
     if let Err(e) = app.throttle.check(&form.card, ip, now) {
         count_login(&app, library.id.as_str(), "throttled");
+        crate::counting::login_failure(&app, library.id.as_str());
         return render(
             StatusCode::TOO_MANY_REQUESTS,
             t.too_many_tries,
@@ -528,12 +538,14 @@ async fn login_submit(
         Err(e) => {
             app.throttle.abandoned(&form.card, ip, Instant::now());
             count_login(&app, institution, "backend_unavailable");
+            crate::counting::login_failure(&app, institution);
             tracing::warn!(institution, reason = e.reason(), client = %log_ip(ip), "library system not answering");
             render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None)
         }
         Ok(CardOutcome::WrongCardOrPin) => {
             app.throttle.failed(&form.card, ip, Instant::now());
             count_login(&app, institution, "wrong_card_or_pin");
+            crate::counting::login_failure(&app, institution);
             tracing::info!(institution, client = %log_ip(ip), "login refused: wrong card or PIN");
             render(StatusCode::UNAUTHORIZED, t.wrong_pin, None)
         }
@@ -544,6 +556,7 @@ async fn login_submit(
                 institution,
                 if lost { "card_lost" } else { "card_blocked" },
             );
+            crate::counting::login_failure(&app, institution);
             tracing::info!(institution, lost, client = %log_ip(ip), "login refused: card blocked");
             render(
                 StatusCode::FORBIDDEN,
@@ -572,7 +585,9 @@ async fn login_submit(
                 institutions,
                 age: info.age,
             };
-            let Some(id) = begin_session(&app, &headers, &subject, LoginMethod::Card).await else {
+            let Some(id) =
+                begin_session(&app, &headers, &subject, institution, LoginMethod::Card).await
+            else {
                 return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
             };
             count_login(&app, institution, "ok");
@@ -600,10 +615,12 @@ async fn login_submit(
 /// Starts the session of a successful login (card or Feide): a new id, idle and absolute
 /// expiry, and the session the browser came with deleted, so an id planted before the
 /// login is worth nothing. `None` when the store cannot keep it (already logged).
+/// The login is counted for usage under `institution`, where the patron logged in.
 pub(crate) async fn begin_session(
     app: &App,
     headers: &HeaderMap,
     subject: &Subject,
+    institution: &str,
     method: LoginMethod,
 ) -> Option<SessionId> {
     let now = app.clock.now();
@@ -627,6 +644,7 @@ pub(crate) async fn begin_session(
     if let Some((old, _)) = session(app, headers).await {
         let _ = app.store.delete_session(&old).await;
     }
+    crate::counting::login(app, institution, subject);
     Some(id)
 }
 
@@ -699,7 +717,15 @@ async fn go(
     let ip = client_ip(&app, peer, &headers);
     let path = clean_path(q.path.as_deref());
     let Some(service) = clean_service(Some(&service)) else {
-        return deny(&app, t, &headers, "-", "-", DenyReason::UnknownService);
+        return deny(
+            &app,
+            t,
+            &headers,
+            "-",
+            "-",
+            None,
+            DenyReason::UnknownService,
+        );
     };
     let now = jiff::Timestamp::now();
 
@@ -726,7 +752,11 @@ async fn go(
                     Decision::Deny(
                         r @ (DenyReason::UnknownService | DenyReason::ServiceSuspended),
                     ) => {
-                        return deny(&app, t, &headers, &service, "-", r);
+                        let credited = policy
+                            .onsite_institution(ip)
+                            .map_or_else(|| "-".to_owned(), |i| i.id.to_string());
+                        let walk_in = Subject::walk_in();
+                        return deny(&app, t, &headers, &service, &credited, Some(&walk_in), r);
                     }
                     Decision::Deny(_) => {
                         return see_other(&login_location(&service, path.as_deref()));
@@ -734,7 +764,15 @@ async fn go(
                 }
             } else {
                 if policy.service(&service).is_none() {
-                    return deny(&app, t, &headers, &service, "-", DenyReason::UnknownService);
+                    return deny(
+                        &app,
+                        t,
+                        &headers,
+                        &service,
+                        "-",
+                        None,
+                        DenyReason::UnknownService,
+                    );
                 }
                 return see_other(&login_location(&service, path.as_deref()));
             }
@@ -749,13 +787,19 @@ async fn go(
         .to_owned();
     match decision {
         Decision::Deny(reason) => {
-            let credited = policy
-                .onsite_institution(ip)
-                .map_or(home.clone(), |i| i.id.to_string());
-            deny(&app, t, &headers, &service, &credited, reason)
+            let credited = credited(&policy, ip, &subject);
+            deny(
+                &app,
+                t,
+                &headers,
+                &service,
+                &credited,
+                Some(&subject),
+                reason,
+            )
         }
         Decision::Permit(permit) => {
-            count_access(&app, &permit);
+            count_access(&app, &permit, &subject);
             let Some(svc) = policy.service(&service) else {
                 return deny(
                     &app,
@@ -763,6 +807,7 @@ async fn go(
                     &headers,
                     &service,
                     &home,
+                    Some(&subject),
                     DenyReason::UnknownService,
                 );
             };
@@ -889,8 +934,9 @@ async fn proxy_entry(
     see_other(&location)
 }
 
-/// A permitted access, for the metrics (and, later, the usage counters).
-pub(crate) fn count_access(app: &App, permit: &crate::policy::Permit) {
+/// A permitted access, for the metrics and the usage counters.
+pub(crate) fn count_access(app: &App, permit: &crate::policy::Permit, subject: &Subject) {
+    crate::counting::access(app, permit, subject);
     app.metrics.inc(
         telemetry::DECISIONS,
         &[
@@ -913,15 +959,33 @@ fn login_location(service: &str, path: Option<&str>) -> String {
     )
 }
 
-/// The deny page (or JSON) with the status of policy.md, counted by reason.
+/// The institution a denial is credited to: the one whose network the client is on,
+/// else the patron's home institution, else `-` (not counted in usage).
+pub(crate) fn credited(policy: &Policy, ip: IpAddr, subject: &Subject) -> String {
+    policy.onsite_institution(ip).map_or_else(
+        || {
+            subject
+                .institutions
+                .first()
+                .map_or_else(|| "-".to_owned(), |i| i.to_string())
+        },
+        |i| i.id.to_string(),
+    )
+}
+
+/// The deny page (or JSON) with the status of policy.md, counted by reason (in the
+/// metrics, and in usage when an institution can be credited; `who` gives the
+/// affiliation and age band there).
 pub(crate) fn deny(
     app: &App,
     t: &'static Texts,
     headers: &HeaderMap,
     service: &str,
     institution: &str,
+    who: Option<&Subject>,
     reason: DenyReason,
 ) -> Response {
+    crate::counting::denial(app, service, institution, who, reason);
     // Unknown services are not counted per service: the label would be unbounded.
     let service_label = if reason == DenyReason::UnknownService {
         "-"

@@ -37,6 +37,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    usage: Arc<crate::usage::Usage>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -45,6 +47,14 @@ impl Running {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        // Every request has finished: what they counted goes to disk before we return.
+        self.flusher.abort();
+        let usage = self.usage;
+        match tokio::task::spawn_blocking(move || usage.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("usage counts not saved at shutdown: {e}"),
+            Err(e) => tracing::error!("usage counts not saved at shutdown: {e}"),
         }
     }
 }
@@ -61,6 +71,8 @@ pub fn start(
     let (stop, stopped) = watch::channel(false);
     let public_router = public_router(app.clone());
     let admin_router = crate::admin::router(app.clone());
+    let usage = app.usage.clone();
+    let flusher = usage.spawn_flusher();
     let tasks = vec![
         tokio::spawn(accept_loop(public, public_router, tls, stopped.clone())),
         tokio::spawn(accept_loop(admin, admin_router, None, stopped.clone())),
@@ -71,6 +83,8 @@ pub fn start(
         admin_addr,
         stop,
         tasks,
+        usage,
+        flusher,
     })
 }
 

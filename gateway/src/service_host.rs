@@ -132,7 +132,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
     let headers = req.headers().clone();
     let t = pages::language(&headers, None);
     let policy = app.policy();
-    let Some((svc, _proxy, origin)) = policy.proxy_origin(&label) else {
+    let Some((svc, proxy, origin)) = policy.proxy_origin(&label) else {
         return pipeline::not_found_page(t);
     };
     let service = svc.id.to_string();
@@ -187,12 +187,16 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
     let permit = match decision {
         Decision::Permit(p) => p,
         Decision::Deny(reason) => {
-            let credited = subject
-                .institutions
-                .first()
-                .map_or("-", |i| i.as_str())
-                .to_owned();
-            return pipeline::deny(&app, t, &headers, &service, &credited, reason);
+            let credited = pipeline::credited(&policy, ip, &subject);
+            return pipeline::deny(
+                &app,
+                t,
+                &headers,
+                &service,
+                &credited,
+                Some(&subject),
+                reason,
+            );
         }
     };
     if let Some(rate) = svc.rate_per_user
@@ -204,6 +208,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
             &headers,
             &service,
             permit.institution.as_str(),
+            Some(&subject),
             DenyReason::RateLimited,
         );
     }
@@ -222,8 +227,23 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         gateway_cookies: &app.gateway_cookies,
         timeouts: Default::default(),
     };
+    let kind = crate::counting::kind_of(proxy, &path_and_query);
+    let pending = crate::counting::PendingRequest {
+        usage: app.usage.clone(),
+        age_band: crate::policy::AgeBand::of(subject.age, permit.day),
+        institution: permit.institution,
+        service: service.clone(),
+        affiliation: subject.affiliation,
+        // Only searches and items need the session (double clicks, uniqueness).
+        session: if kind == crate::counting::Kind::Plain {
+            String::new()
+        } else {
+            session_id.expose()
+        },
+        kind,
+    };
     match crate::proxy::forward(&app.upstreams, &forward, req).await {
-        Ok(resp) => resp,
+        Ok(resp) => crate::counting::count_response(pending, resp),
         Err(e) => {
             tracing::warn!(service, reason = e.reason(), "proxied request failed");
             let status = e.status();

@@ -272,15 +272,11 @@ fn respond_saml(
     let service = request.service.as_str();
     match crate::policy::decide(policy, subject, service, Some(ip), jiff::Timestamp::now()) {
         Decision::Deny(reason) => {
-            let credited = subject
-                .institutions
-                .first()
-                .map_or("-", |i| i.as_str())
-                .to_owned();
-            pipeline::deny(app, t, headers, service, &credited, reason)
+            let credited = pipeline::credited(policy, ip, subject);
+            pipeline::deny(app, t, headers, service, &credited, Some(subject), reason)
         }
         Decision::Permit(permit) => {
-            pipeline::count_access(app, &permit);
+            pipeline::count_access(app, &permit, subject);
             let (Some(idp), Some(svc)) = (&app.idp, policy.service(service)) else {
                 return not_configured(t);
             };
@@ -336,21 +332,25 @@ async fn oidc_authorize(
     let service = request.service.as_str();
     match crate::policy::decide(&policy, &subject, service, Some(ip), jiff::Timestamp::now()) {
         Decision::Deny(reason) => {
-            let credited = subject
-                .institutions
-                .first()
-                .map_or("-", |i| i.as_str())
-                .to_owned();
+            let credited = pipeline::credited(&policy, ip, &subject);
             // Counted like any denial; the client learns access_denied, the patron's
             // browser is sent back to it.
-            let _ = pipeline::deny(&app, t, &headers, service, &credited, reason);
+            let _ = pipeline::deny(
+                &app,
+                t,
+                &headers,
+                service,
+                &credited,
+                Some(&subject),
+                reason,
+            );
             pipeline::see_other(&request.error_redirect(
                 &provider.issuer,
                 &OidcError::AccessDenied(reason.as_str().to_owned()),
             ))
         }
         Decision::Permit(permit) => {
-            pipeline::count_access(&app, &permit);
+            pipeline::count_access(&app, &permit, &subject);
             let release =
                 crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
             match provider

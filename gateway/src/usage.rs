@@ -196,6 +196,9 @@ pub struct Usage {
     archive: RwLock<Archive>,
     /// Serializes flushes, so two never write the same files at once.
     flushing: Mutex<()>,
+    /// Tables changed in the archive but not yet written: a query moves counts into the
+    /// archive too, and the next flush must still write them.
+    unsaved: Mutex<counters::Changes>,
     data_dir: Option<PathBuf>,
     flush_interval: Duration,
     /// Today in Europe/Oslo and the instants it spans, so the hot path rarely needs the
@@ -261,6 +264,7 @@ impl Usage {
             clicks: Clicks::new(),
             archive: RwLock::new(archive),
             flushing: Mutex::new(()),
+            unsaved: Mutex::new(counters::Changes::default()),
             data_dir: data_dir.map(Path::to_path_buf),
             flush_interval,
             today: RwLock::new(today),
@@ -376,28 +380,45 @@ impl Usage {
     pub fn flush(&self) -> Result<(), UsageError> {
         let _one = lock(&self.flushing);
         let today = self.day_of(self.clock.now());
-        let changes = self.sync(today);
-        if let Some(dir) = &self.data_dir {
-            let names = read(&self.names).clone_if_dirty();
+        self.sync(today);
+        let Some(dir) = &self.data_dir else {
+            *lock(&self.unsaved) = counters::Changes::default();
+            return Ok(());
+        };
+        let changes = std::mem::take(&mut *lock(&self.unsaved));
+        let names = read(&self.names).clone_if_dirty();
+        let distinct = lock(&self.distinct).snapshot_if_dirty();
+        let written = {
             let archive = read(&self.archive);
-            let distinct = lock(&self.distinct).snapshot_if_dirty();
-            persist::write(dir, names.as_ref(), &archive, &changes, distinct.as_ref())?;
-            if names.is_some() {
-                write(&self.names).mark_clean();
+            persist::write(dir, names.as_ref(), &archive, &changes, distinct.as_ref())
+        };
+        match written {
+            Ok(()) => {
+                if names.is_some() {
+                    write(&self.names).mark_clean();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Try these tables again next time.
+                lock(&self.unsaved).absorb(changes);
+                if distinct.is_some() {
+                    lock(&self.distinct).mark_dirty();
+                }
+                Err(e)
             }
         }
-        Ok(())
     }
 
-    /// Drains the live shards and the distinct sketches into the archive; returns the
-    /// tables that changed.
-    fn sync(&self, today: Date) -> counters::Changes {
+    /// Drains the live shards and the distinct sketches into the archive, and notes the
+    /// tables that changed for the next flush. Call with `flushing` held.
+    fn sync(&self, today: Date) {
         let drained = self.live.drain();
         let mut archive = write(&self.archive);
         let mut changes = archive.merge(drained);
         let mut distinct = lock(&self.distinct);
         distinct.settle(today, &mut archive, &mut changes);
-        changes
+        lock(&self.unsaved).absorb(changes);
     }
 
     /// Flushes every `flush_interval` until the returned handle is aborted (or the
@@ -426,7 +447,7 @@ impl Usage {
         let today = self.day_of(self.clock.now());
         {
             let _one = lock(&self.flushing);
-            let _ = self.sync(today);
+            self.sync(today);
         }
         let names = read(&self.names);
         let archive = read(&self.archive);

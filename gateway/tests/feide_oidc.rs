@@ -192,6 +192,15 @@ async fn gateway_with(feide: Option<FeideSettings>) -> Gateway {
         Arc::new(FeideClient::new(&s).unwrap())
     });
     let app = App::new(AppParts {
+        usage: gateway::usage::Usage::open(
+            None,
+            std::time::Duration::from_secs(1),
+            clock.clone(),
+            &[3u8; 32],
+        )
+        .unwrap(),
+        statisticians: Default::default(),
+        k_anonymity: 5,
         signing: None,
         policy,
         policy_dir,

@@ -29,6 +29,15 @@ async fn start(tls: bool) -> Started {
             .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = App::new(AppParts {
+        usage: gateway::usage::Usage::open(
+            None,
+            std::time::Duration::from_secs(1),
+            clock.clone(),
+            &[3u8; 32],
+        )
+        .unwrap(),
+        statisticians: Default::default(),
+        k_anonymity: 5,
         signing: None,
         policy,
         policy_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"),

@@ -1354,7 +1354,8 @@ pub async fn callback(
             None,
         )
     };
-    let Some(id) = pipeline::begin_session(&app, &headers, &subject, LoginMethod::Feide).await
+    let Some(id) =
+        pipeline::begin_session(&app, &headers, &subject, &institution, LoginMethod::Feide).await
     else {
         return unavailable();
     };

@@ -362,6 +362,13 @@ pub struct Changes {
     pub months: BTreeSet<Date>,
 }
 
+impl Changes {
+    pub fn absorb(&mut self, other: Changes) {
+        self.days.extend(other.days);
+        self.months.extend(other.months);
+    }
+}
+
 /// Everything flushed: a table per day, and one per month (first day as key) for the
 /// monthly distinct counts.
 #[derive(Debug, Default)]

@@ -238,6 +238,11 @@ impl Distinct {
     }
 
     /// The persisted form, when anything changed since the last one.
+    /// A snapshot that could not be written: take it again next time.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn snapshot_if_dirty(&mut self) -> Option<Vec<u8>> {
         if !self.dirty {
             return None;
