@@ -61,6 +61,30 @@ fn hot_path(c: &mut Criterion) {
             })
         })
     });
+    // What the proxy adds besides `record`: telling an item or a search from a plain
+    // request by the service's patterns.
+    let proxy = policy::ProxySettings {
+        origin: url::Url::parse("https://vendor.example").expect("url"),
+        hosts: Vec::new(),
+        item_paths: vec!["/artikkel/*".into(), "/bok/*/les/**".into()],
+        search_paths: vec!["/sok".into(), "/api/search/**".into()],
+    };
+    let targets = [
+        "/artikkel/12345?utm=x",
+        "/bok/978-82/les/kapittel/3",
+        "/sok?q=ibsen",
+        "/static/css/site.4f3a.css",
+    ];
+    g.bench_function("classify request path (4 patterns)", |b| {
+        let mut n = 0usize;
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            black_box(gateway::counting::kind_of(
+                &proxy,
+                black_box(targets[n % targets.len()]),
+            ))
+        })
+    });
     let persons: Vec<_> = (0..1000)
         .map(|i| usage.person(&SubjectKey::new(format!("card:NO-2390700:{i}"))))
         .collect();

@@ -116,24 +116,40 @@ pub(crate) fn denial(
 /// Whether a request path matches a `search_paths` / `item_paths` pattern: `*` is one
 /// (non-empty) path segment, `**` any number of segments, anything else literal.
 pub fn path_matches(pattern: &str, path: &str) -> bool {
+    // On every proxied request: reject on the literal part before the first wildcard,
+    // then match segment by segment without allocating.
+    let literal = pattern
+        .find('*')
+        .map_or(pattern, |i| pattern[..i].trim_end_matches('/'));
+    if !path.starts_with(literal) {
+        return false;
+    }
     let (Some(pattern), Some(path)) = (pattern.strip_prefix('/'), path.strip_prefix('/')) else {
         return false;
     };
-    let pat: Vec<&str> = pattern.split('/').collect();
-    let segs: Vec<&str> = path.split('/').collect();
-    segments_match(&pat, &segs)
+    segments_match(pattern.split('/'), path.split('/'))
 }
 
-fn segments_match(pat: &[&str], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((&"**", rest)) => (0..=segs.len()).any(|skip| segments_match(rest, &segs[skip..])),
-        Some((p, rest)) => match segs.split_first() {
-            Some((s, more)) => {
-                (if *p == "*" { !s.is_empty() } else { p == s }) && segments_match(rest, more)
+fn segments_match(mut pat: std::str::Split<'_, char>, mut segs: std::str::Split<'_, char>) -> bool {
+    loop {
+        match pat.next() {
+            None => return segs.next().is_none(),
+            Some("**") => {
+                let mut rest = segs;
+                loop {
+                    if segments_match(pat.clone(), rest.clone()) {
+                        return true;
+                    }
+                    if rest.next().is_none() {
+                        return false;
+                    }
+                }
             }
-            None => false,
-        },
+            Some(p) => match segs.next() {
+                Some(s) if (p == "*" && !s.is_empty()) || p == s => {}
+                _ => return false,
+            },
+        }
     }
 }
 
