@@ -13,7 +13,11 @@
 //!   working through a short Redis outage. Nothing else is served from the cache: logins,
 //!   tickets and logouts need the store and fail with a clear page while it is down. A
 //!   logout made elsewhere during an outage cannot reach the store at all; it fails and says
-//!   so, rather than pretend.
+//!   so, rather than pretend. The one gap: a logout made on another replica in the last
+//!   seconds before Redis went away, which this replica had no chance to see, is not known
+//!   here during the outage, so this replica may serve that session for up to the stale
+//!   bound. That is the price of riding out an outage; an operator who would rather not
+//!   pay it builds with a `stale_if_error` equal to `fresh` ([`CachedStore::with_bounds`]).
 //!
 //! Neither bound lets a session outlive its own deadlines: an entry is served only before
 //! the idle and absolute deadlines the store last reported. The emergency brake is not
