@@ -16,8 +16,8 @@
 //!   so, rather than pretend. The one gap: a logout made on another replica in the last
 //!   seconds before Redis went away, which this replica had no chance to see, is not known
 //!   here during the outage, so this replica may serve that session for up to the stale
-//!   bound. That is the price of riding out an outage; an operator who would rather not
-//!   pay it builds with a `stale_if_error` equal to `fresh` ([`CachedStore::with_bounds`]).
+//!   bound. That is the price of riding out an outage ([`CachedStore::with_bounds`] with
+//!   `stale_if_error` equal to `fresh` would not pay it; the gateway uses 5 s and 5 min).
 //!
 //! Neither bound lets a session outlive its own deadlines: an entry is served only before
 //! the idle and absolute deadlines the store last reported. The emergency brake is not
