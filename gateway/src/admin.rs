@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::app::App;
+use crate::telemetry;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -20,9 +21,17 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Ready when a policy is loaded (always, once running) and the store answers.
+/// Ready when a policy is loaded (always, once running) and the store answers. A Redis
+/// store that went away makes this 503 until it is back; the connection is made again by
+/// itself, and this check is one of the things that make it try.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
+    let result = app.store.ping().await;
+    app.metrics.set(
+        telemetry::STORE_UP,
+        &[],
+        if result.is_ok() { 1.0 } else { 0.0 },
+    );
+    match result {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -33,6 +42,15 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(c) = app.store.counters() {
+        app.metrics
+            .set(telemetry::STORE_ERRORS, &[], c.errors() as f64);
+        app.metrics.set(
+            telemetry::STORE_STALE_SESSIONS,
+            &[],
+            c.stale_sessions() as f64,
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

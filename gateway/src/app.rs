@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use sha2::Sha256;
 
 use crate::auth::library_card::PatronVerifier;
-use crate::auth::throttle::Throttle;
+use crate::auth::throttle::LoginThrottle;
 use crate::config::Scheme;
 use crate::policy::{self, Diagnostic, LoadError, Policy};
 use crate::pseudonym::PseudonymKey;
@@ -39,13 +39,14 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Institution reference (id, number or alias, as configured) → its card backend.
     pub verifiers: HashMap<String, Arc<dyn PatronVerifier>>,
-    pub throttle: Throttle,
+    /// In-process, or shared through Redis with the Redis store.
+    pub throttle: LoginThrottle,
     pub pseudonym_key: PseudonymKey,
     /// Keys the CSRF tokens of the login form (before there is a session).
     csrf_key: Hmac<Sha256>,
     /// Keys the binding of a service-host cookie to its session and host.
     binding_key: Hmac<Sha256>,
-    /// Per-person, per-service request rates (`rate_per_user`).
+    /// Per-person, per-service request rates (`rate_per_user`); cluster-wide with Redis.
     pub rate_limits: crate::service_host::RateLimits,
     /// `bib.example.no` or `bib.localhost:8080`, lower case.
     pub public_host: String,
@@ -177,6 +178,10 @@ impl App {
                 (Some(Arc::new(idp)), Some(Arc::new(provider)))
             }
         };
+        // With the Redis store, the throttle and rate limits are shared through it too.
+        let redis = parts.store.redis();
+        let throttle = LoginThrottle::new(parts.session_key, redis.clone(), parts.clock.clone());
+        let rate_limits = crate::service_host::RateLimits::new(&parts.session_key, redis);
         Ok(Arc::new(App {
             idp,
             oidc,
@@ -188,11 +193,11 @@ impl App {
             store: parts.store,
             clock: parts.clock,
             verifiers: parts.verifiers,
-            throttle: Throttle::new(parts.session_key, Default::default()),
+            throttle,
             pseudonym_key: parts.pseudonym_key,
             csrf_key,
             binding_key,
-            rate_limits: Default::default(),
+            rate_limits,
             public_host: parts.public_host.to_ascii_lowercase(),
             secure_cookies: parts.public_scheme == Scheme::Https,
             public_scheme: parts.public_scheme,

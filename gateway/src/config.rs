@@ -128,10 +128,24 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where sessions, tickets and the shared counters live.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreBackend {
+    /// In this process: one replica.
     Memory,
+    /// One Redis shared by every replica (`redis://host:port/db`, `rediss://` for TLS).
+    /// Needs `[keys] session_key_file`, the same on every replica.
     Redis { url: String },
+}
+
+/// The URL may hold a password: never printed.
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis { .. } => f.write_str("Redis { url: <redacted> }"),
+        }
+    }
 }
 
 /// The checked configuration. Paths are resolved against the config file's directory.
@@ -503,9 +517,27 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
     {
         None | Some(("memory", _)) => StoreBackend::Memory,
         Some(("redis", at)) => match &file.store.redis_url {
-            Some(u) => StoreBackend::Redis {
-                url: u.get_ref().clone(),
-            },
+            Some(u) => {
+                // Parsed now (no connection is made), so a typo stops the start with its
+                // place. The crate's message names the fault, never the URL's password.
+                if let Err(e) = redis::Client::open(u.get_ref().as_str()) {
+                    errors.push(places.at(
+                        u.span().start,
+                        format!("[store] redis_url is not a usable Redis URL: {e}"),
+                    ));
+                }
+                // Replicas must agree on the keys of login forms, service-host cookies
+                // and the keyed hashes in Redis: a random key per process would not do.
+                if file.keys.session_key_file.is_none() {
+                    errors.push(places.at(
+                        at,
+                        "[store] backend = \"redis\" needs [keys] session_key_file, the same file on every replica",
+                    ));
+                }
+                StoreBackend::Redis {
+                    url: u.get_ref().clone(),
+                }
+            }
             None => {
                 errors.push(places.at(at, "[store] backend = \"redis\" needs redis_url"));
                 StoreBackend::Memory

@@ -25,6 +25,15 @@ pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     crate::telemetry::init(config.log_format);
     let app = build_app(&config)?;
+    if let StoreBackend::Redis { .. } = config.store {
+        match app.store.ping().await {
+            Ok(()) => tracing::info!("store: redis, shared with the other replicas"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "store: redis is not answering; not ready (and no logins) until it does, connecting again by itself"
+            ),
+        }
+    }
     for section in &config.not_yet_supported {
         tracing::warn!(
             section,
@@ -94,11 +103,10 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
     for w in warnings {
         tracing::warn!("{w}");
     }
-    if let StoreBackend::Redis { .. } = config.store {
-        return Err(
-            "[store] backend = \"redis\" is not available in this version; use \"memory\"".into(),
-        );
-    }
+    let store = match &config.store {
+        StoreBackend::Memory => memory_store(&clock),
+        StoreBackend::Redis { url } => redis_store(url)?,
+    };
     let built = crate::auth::library_card::build_all(&config.card_backends, &config.base_dir)
         .map_err(|e| e.join("\n"))?;
     let mut verifiers = HashMap::new();
@@ -160,7 +168,7 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
         signing,
         policy,
         policy_dir: config.policy_dir.clone(),
-        store: memory_store(&clock),
+        store,
         clock,
         verifiers,
         pseudonym_key,
@@ -194,6 +202,16 @@ pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn crate::store::Store> {
     let store = Arc::new(crate::store::memory::MemoryStore::new());
     store.spawn_sweeper(clock.clone(), std::time::Duration::from_secs(60));
     store
+}
+
+/// The Redis store behind this replica's session cache. No connection is made here: a
+/// Redis that is down at start leaves the gateway running but not ready (`/readyz` 503,
+/// logins refused with a clear page) and connecting again by itself until Redis answers,
+/// so replicas and Redis may start in any order. A malformed URL stops the start.
+pub fn redis_store(url: &str) -> Result<Arc<dyn crate::store::Store>, String> {
+    let conn = crate::store::redis::RedisConn::open(url).map_err(|e| e.to_string())?;
+    let redis: Arc<dyn crate::store::Store> = Arc::new(crate::store::redis::RedisStore::new(conn));
+    Ok(Arc::new(crate::store::cache::CachedStore::new(redis)))
 }
 
 /// `portvakt demo`.

@@ -33,6 +33,10 @@ pub struct Texts {
     pub card_blocked: &'static str,
     pub card_lost: &'static str,
     pub backend_down: &'static str,
+    /// Our own shared store is down: logins and new entries cannot be made.
+    pub store_down: &'static str,
+    /// The logout could not be recorded (the store is down); the session may live on.
+    pub logout_failed: &'static str,
     pub too_many_tries: &'static str,
     pub form_expired: &'static str,
     pub choose_library: &'static str,
@@ -77,6 +81,8 @@ pub static NB: Texts = Texts {
     card_blocked: "Lånekortet ditt er sperret. Ta kontakt med biblioteket.",
     card_lost: "Lånekortet er meldt tapt. Ta kontakt med biblioteket for å få et nytt.",
     backend_down: "Bibliotekets system svarer ikke akkurat nå. Prøv igjen om litt.",
+    store_down: "Innlogging og nye tilkoblinger virker ikke akkurat nå på grunn av en feil hos oss. Prøv igjen om litt.",
+    logout_failed: "Vi kunne ikke logge deg ut akkurat nå på grunn av en feil hos oss. Prøv igjen om litt, og lukk nettleseren hvis du bruker en felles maskin.",
     too_many_tries: "For mange forsøk. Vent litt før du prøver igjen.",
     form_expired: "Skjemaet var utløpt. Prøv å logge inn på nytt.",
     choose_library: "Velg biblioteket ditt.",
@@ -121,6 +127,8 @@ pub static EN: Texts = Texts {
     card_blocked: "Your library card is blocked. Please contact the library.",
     card_lost: "This library card has been reported lost. Please contact the library for a new one.",
     backend_down: "The library system is not answering right now. Please try again in a little while.",
+    store_down: "Logging in and opening services do not work right now because of a fault on our side. Please try again in a little while.",
+    logout_failed: "We could not log you out right now because of a fault on our side. Please try again in a little while, and close the browser if this is a shared computer.",
     too_many_tries: "Too many attempts. Please wait a little before trying again.",
     form_expired: "The form had expired. Please log in again.",
     choose_library: "Choose your library.",

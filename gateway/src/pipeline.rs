@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -18,6 +17,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::auth::library_card::CardOutcome;
+use crate::auth::throttle::LoginRefusal;
 use crate::ids::InstitutionId;
 use crate::pages::{self, LoginPage, MessagePage, ServiceLink, StartPage, Texts};
 use crate::policy::{Access, Decision, DenyReason, Policy};
@@ -521,36 +521,44 @@ async fn login_submit(
     if form.card.trim().is_empty() || form.pin.is_empty() {
         return render(StatusCode::BAD_REQUEST, t.fill_in, None);
     }
-    let now = Instant::now();
-    if let Err(e) = app.throttle.check(&form.card, ip, now) {
-        count_login(&app, library.id.as_str(), "throttled");
-        crate::counting::login_failure(&app, library.id.as_str());
-        return render(
-            StatusCode::TOO_MANY_REQUESTS,
-            t.too_many_tries,
-            Some(e.retry_after().as_secs().max(1)),
-        );
+    match app.throttle.check(&form.card, ip).await {
+        Ok(()) => {}
+        Err(LoginRefusal::Throttled(e)) => {
+            count_login(&app, library.id.as_str(), "throttled");
+            crate::counting::login_failure(&app, library.id.as_str());
+            return render(
+                StatusCode::TOO_MANY_REQUESTS,
+                t.too_many_tries,
+                Some(e.retry_after().as_secs().max(1)),
+            );
+        }
+        // Never let a login through unthrottled: without the shared store, no login.
+        Err(LoginRefusal::Unavailable(e)) => {
+            count_login(&app, library.id.as_str(), "store_unavailable");
+            tracing::warn!(error = %e, "login refused: the store is not answering");
+            return render(StatusCode::SERVICE_UNAVAILABLE, t.store_down, None);
+        }
     }
 
     let outcome = verifier.verify(&library.id, &form.card, &form.pin).await;
     let institution = library.id.as_str();
     match outcome {
         Err(e) => {
-            app.throttle.abandoned(&form.card, ip, Instant::now());
+            app.throttle.abandoned(&form.card, ip).await;
             count_login(&app, institution, "backend_unavailable");
             crate::counting::login_failure(&app, institution);
             tracing::warn!(institution, reason = e.reason(), client = %log_ip(ip), "library system not answering");
             render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None)
         }
         Ok(CardOutcome::WrongCardOrPin) => {
-            app.throttle.failed(&form.card, ip, Instant::now());
+            app.throttle.failed(&form.card, ip).await;
             count_login(&app, institution, "wrong_card_or_pin");
             crate::counting::login_failure(&app, institution);
             tracing::info!(institution, client = %log_ip(ip), "login refused: wrong card or PIN");
             render(StatusCode::UNAUTHORIZED, t.wrong_pin, None)
         }
         Ok(CardOutcome::Blocked { lost }) => {
-            app.throttle.succeeded(&form.card, ip, Instant::now());
+            app.throttle.succeeded(&form.card, ip).await;
             count_login(
                 &app,
                 institution,
@@ -565,7 +573,7 @@ async fn login_submit(
             )
         }
         Ok(CardOutcome::Accepted(info)) => {
-            app.throttle.succeeded(&form.card, ip, Instant::now());
+            app.throttle.succeeded(&form.card, ip).await;
             // Home institution first (as the library system names it), then the library
             // the card was checked against.
             let mut institutions: Vec<InstitutionId> = Vec::new();
@@ -588,7 +596,8 @@ async fn login_submit(
             let Some(id) =
                 begin_session(&app, &headers, &subject, institution, LoginMethod::Card).await
             else {
-                return render(StatusCode::SERVICE_UNAVAILABLE, t.backend_down, None);
+                count_login(&app, institution, "store_unavailable");
+                return render(StatusCode::SERVICE_UNAVAILABLE, t.store_down, None);
             };
             count_login(&app, institution, "ok");
             tracing::info!(institution, client = %log_ip(ip), "login");
@@ -687,7 +696,17 @@ async fn logout(
             Some(("/", t.back_to_start)),
         );
     }
-    let _ = app.store.delete_session(&id).await;
+    if let Err(e) = app.store.delete_session(&id).await {
+        // Saying "logged out" here would be a lie another replica could act on.
+        tracing::warn!(error = %e, "logout failed: the store is not answering");
+        return message(
+            t,
+            StatusCode::SERVICE_UNAVAILABLE,
+            t.error_title,
+            t.logout_failed,
+            Some(("/", t.back_to_start)),
+        );
+    }
     let mut resp = message(t, StatusCode::OK, t.logout, t.logged_out, None);
     resp.headers_mut().append(
         header::SET_COOKIE,
@@ -868,7 +887,7 @@ async fn proxy_entry(
             t,
             StatusCode::SERVICE_UNAVAILABLE,
             t.error_title,
-            t.backend_down,
+            t.store_down,
             None,
         )
     };

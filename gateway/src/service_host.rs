@@ -79,11 +79,16 @@ impl std::fmt::Debug for EntryTicket {
 /// One limiter per service and rate; a person is a key within it.
 type Limiters = HashMap<(String, Rate), Arc<DefaultKeyedRateLimiter<u64>>>;
 
-/// Per-service keyed rate limiters, rebuilt when a service's rate changes.
+/// Per-service keyed rate limiters, rebuilt when a service's rate changes. With the Redis
+/// store the limit is cluster-wide ([`crate::store::redis::SharedRate`]); while Redis does
+/// not answer, each replica falls back to its own in-process limiter, so a patron is never
+/// stopped by an outage of ours, and the cluster allows at most the rate times the number
+/// of replicas until Redis is back.
 #[derive(Default)]
 pub struct RateLimits {
     limiters: Mutex<Limiters>,
     hasher: std::collections::hash_map::RandomState,
+    shared: Option<crate::store::redis::SharedRate>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -93,9 +98,41 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
-    /// Whether one more request of this person to this service is within its rate. The
-    /// person is a keyed hash of the subject key, so no identifier is kept.
-    pub fn check(&self, service: &str, rate: Rate, subject_key: &str) -> bool {
+    /// In-process limits, or shared through Redis when `redis` is given (keyed by hashes
+    /// under `secret`, which every replica must share).
+    pub fn new(secret: &[u8; 32], redis: Option<crate::store::redis::RedisConn>) -> Self {
+        Self {
+            shared: redis.map(|conn| crate::store::redis::SharedRate::new(conn, secret)),
+            ..Self::default()
+        }
+    }
+
+    /// Whether one more request of this person to this service is within its rate at
+    /// `now` (the shared limiter's time; the in-process one keeps its own clock).
+    pub async fn check(
+        &self,
+        service: &str,
+        rate: Rate,
+        subject_key: &str,
+        now: jiff::Timestamp,
+    ) -> bool {
+        if let Some(shared) = &self.shared {
+            match shared
+                .check(service, rate.count, rate.per, subject_key, now)
+                .await
+            {
+                Ok(allowed) => return allowed,
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared rate limit unavailable; limiting on this replica");
+                }
+            }
+        }
+        self.check_local(service, rate, subject_key)
+    }
+
+    /// The in-process limit. The person is a keyed hash of the subject key, so no
+    /// identifier is kept.
+    fn check_local(&self, service: &str, rate: Rate, subject_key: &str) -> bool {
         let limiter = {
             let Ok(mut map) = self.limiters.lock() else {
                 return true;
@@ -167,7 +204,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
                 t,
                 StatusCode::SERVICE_UNAVAILABLE,
                 t.error_title,
-                t.backend_down,
+                t.store_down,
                 None,
             );
         }
@@ -200,7 +237,10 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         }
     };
     if let Some(rate) = svc.rate_per_user
-        && !app.rate_limits.check(&service, rate, &data.subject_key)
+        && !app
+            .rate_limits
+            .check(&service, rate, &data.subject_key, app.clock.now())
+            .await
     {
         return pipeline::deny(
             &app,

@@ -370,7 +370,7 @@ async fn oidc_authorize(
                         t,
                         StatusCode::SERVICE_UNAVAILABLE,
                         t.error_title,
-                        t.backend_down,
+                        t.store_down,
                         None,
                     )
                 }

@@ -9,11 +9,14 @@
 //! are tested with a [`ManualClock`] and no sleeping; the caller reads `now` from its
 //! [`Clock`] once per request and uses it for the store and the decision alike.
 
+pub mod cache;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +36,7 @@ pub enum StoreError {
     TicketExists { kind: TicketKind },
     #[error("cannot encode or decode a stored value: {0}")]
     Encoding(#[from] serde_json::Error),
-    /// The backend could not be reached or answered with an error (Redis, later).
+    /// The backend could not be reached, did not answer in time, or answered with an error.
     #[error("the {backend} store is not answering: {message}")]
     Unavailable {
         backend: &'static str,
@@ -61,13 +64,23 @@ pub trait Store: Send + Sync + fmt::Debug {
         now: Timestamp,
     ) -> StoreFuture<'_, SessionId>;
 
-    /// The session's data if it is live at `now`, and its idle deadline moved to
-    /// `now + ttl_idle` (never past the absolute one). An expired session is removed.
+    /// The session if it is live at `now`, with its deadlines after its idle deadline was
+    /// moved to `now + ttl_idle` (never past the absolute one, never earlier than it was).
+    /// An expired session is removed.
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a SessionId,
+        now: Timestamp,
+    ) -> StoreFuture<'a, Option<LiveSession>>;
+
+    /// [`Store::touch_session`], the data only.
     fn get_session<'a>(
         &'a self,
         id: &'a SessionId,
         now: Timestamp,
-    ) -> StoreFuture<'a, Option<SessionData>>;
+    ) -> StoreFuture<'a, Option<SessionData>> {
+        Box::pin(async move { Ok(self.touch_session(id, now).await?.map(|l| l.data)) })
+    }
 
     /// Ends the session; deleting a missing one is not an error (logout twice is fine).
     fn delete_session<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()>;
@@ -94,6 +107,62 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Whether the store answers, for `/readyz`.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// The store's trouble counters, for `/metrics`; `None` for a store that cannot fail.
+    fn counters(&self) -> Option<&StoreCounters> {
+        None
+    }
+
+    /// The Redis connection when the store is Redis, so the login throttle and the
+    /// per-person rate limits are shared between replicas through it as well.
+    fn redis(&self) -> Option<redis::RedisConn> {
+        None
+    }
+}
+
+/// A live session as the store holds it: the data and when it ends at the latest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSession {
+    pub data: SessionData,
+    /// The idle deadline after this use.
+    pub idle_until: Timestamp,
+    /// The absolute deadline, fixed at login.
+    pub absolute_until: Timestamp,
+}
+
+impl LiveSession {
+    /// The earlier of the two deadlines.
+    pub fn until(&self) -> Timestamp {
+        self.idle_until.min(self.absolute_until)
+    }
+}
+
+/// Counts of what went wrong with a shared store since start (label-free: no person, no
+/// key). Shared by everything that talks to the same backend.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Operations that failed: unreachable, timed out, or an error answer.
+    pub errors: AtomicU64,
+    /// Requests served from a replica's session cache because the store did not answer.
+    pub stale_sessions: AtomicU64,
+}
+
+impl StoreCounters {
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stale(&self) {
+        self.stale_sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn stale_sessions(&self) -> u64 {
+        self.stale_sessions.load(Ordering::Relaxed)
+    }
 }
 
 impl dyn Store {

@@ -13,6 +13,12 @@ pub const DECISIONS: &str = "portvakt_decisions_total";
 pub const LOGINS: &str = "portvakt_logins_total";
 pub const POLICY_RELOADS: &str = "portvakt_policy_reloads_total";
 pub const POLICY_LOADED: &str = "portvakt_policy_loaded_timestamp_seconds";
+/// Failed operations on the shared store (Redis): unreachable, timed out or refused.
+pub const STORE_ERRORS: &str = "portvakt_store_errors_total";
+/// Proxied requests served from a replica's session cache while the store was down.
+pub const STORE_STALE_SESSIONS: &str = "portvakt_store_stale_sessions_total";
+/// 1 when the store answered the last readiness check, else 0.
+pub const STORE_UP: &str = "portvakt_store_up";
 
 /// Starts logging to stderr. `RUST_LOG` narrows or widens it (default `info`).
 pub fn init(format: LogFormat) {

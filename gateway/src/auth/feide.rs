@@ -1113,7 +1113,7 @@ pub async fn start(
             t,
             StatusCode::SERVICE_UNAVAILABLE,
             t.error_title,
-            t.backend_down,
+            t.store_down,
             None,
         )
     };
@@ -1240,7 +1240,7 @@ pub async fn callback(
                 t,
                 StatusCode::SERVICE_UNAVAILABLE,
                 t.error_title,
-                t.backend_down,
+                t.store_down,
                 None,
             );
         }
@@ -1350,7 +1350,7 @@ pub async fn callback(
             t,
             StatusCode::SERVICE_UNAVAILABLE,
             t.error_title,
-            t.backend_down,
+            t.store_down,
             None,
         )
     };

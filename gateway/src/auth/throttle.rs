@@ -1,5 +1,7 @@
 //! Slows down and then refuses repeated failed logins, per card and per client address,
-//! without locking a patron out for long. In memory, one table for the whole process.
+//! without locking a patron out for long. [`LoginThrottle`] is what the login uses: the
+//! in-process [`Throttle`] (one table for the whole process) with the memory store, or
+//! [`shared::SharedThrottle`] (the same rules in Redis, for all replicas) with Redis.
 //!
 //! A login asks [`Throttle::check`] first, then reports how it went: [`Throttle::failed`]
 //! for a wrong card or PIN, [`Throttle::succeeded`] for an accepted (or blocked) card, and
@@ -45,9 +47,87 @@ use sha2::Sha256;
 
 use crate::subject::normalize_card;
 
+pub mod shared;
+
 /// How long an unreported try keeps counting as in progress; longer than any backend's
 /// timeout.
 const PENDING_TTL: Duration = Duration::from_secs(60);
+
+/// Why a login may not be tried now.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginRefusal {
+    #[error(transparent)]
+    Throttled(#[from] ThrottleError),
+    /// The shared throttle cannot be asked: the login is refused, never let through
+    /// unchecked.
+    #[error(transparent)]
+    Unavailable(#[from] crate::store::StoreError),
+}
+
+/// The throttle a login goes through, in-process or shared; one interface for both.
+#[derive(Debug)]
+pub enum LoginThrottle {
+    Local(Throttle),
+    Shared(shared::SharedThrottle),
+}
+
+impl LoginThrottle {
+    /// Shared through Redis when the store is Redis, else in this process.
+    pub fn new(
+        secret: [u8; 32],
+        redis: Option<crate::store::redis::RedisConn>,
+        clock: std::sync::Arc<dyn crate::store::Clock>,
+    ) -> Self {
+        match redis {
+            Some(conn) => Self::Shared(shared::SharedThrottle::new(
+                conn,
+                &secret,
+                ThrottleSettings::default(),
+                clock,
+            )),
+            None => Self::Local(Throttle::new(secret, ThrottleSettings::default())),
+        }
+    }
+
+    /// See [`Throttle::check`].
+    pub async fn check(&self, card: &str, ip: IpAddr) -> Result<(), LoginRefusal> {
+        match self {
+            Self::Local(t) => Ok(t.check(card, ip, Instant::now())?),
+            Self::Shared(t) => Ok(t.check_at(card, ip, t.now()).await??),
+        }
+    }
+
+    /// See [`Throttle::failed`]. A shared throttle that cannot record it logs and counts
+    /// the error (the login itself has already been decided).
+    pub async fn failed(&self, card: &str, ip: IpAddr) {
+        match self {
+            Self::Local(t) => t.failed(card, ip, Instant::now()),
+            Self::Shared(t) => report(t.failed_at(card, ip, t.now()).await),
+        }
+    }
+
+    /// See [`Throttle::succeeded`].
+    pub async fn succeeded(&self, card: &str, ip: IpAddr) {
+        match self {
+            Self::Local(t) => t.succeeded(card, ip, Instant::now()),
+            Self::Shared(t) => report(t.succeeded_at(card, ip, t.now()).await),
+        }
+    }
+
+    /// See [`Throttle::abandoned`].
+    pub async fn abandoned(&self, card: &str, ip: IpAddr) {
+        match self {
+            Self::Local(t) => t.abandoned(card, ip, Instant::now()),
+            Self::Shared(t) => report(t.abandoned_at(card, ip, t.now()).await),
+        }
+    }
+}
+
+fn report(result: Result<(), crate::store::StoreError>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the login throttle could not record a try");
+    }
+}
 
 /// A refused try, with how long to wait. Shown to the patron; carries no card number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

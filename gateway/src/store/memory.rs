@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Clock, Store, StoreError, StoreFuture, deadline};
+use super::{Clock, LiveSession, Store, StoreError, StoreFuture, deadline};
 use crate::session::{SessionData, SessionId, Ticket, TicketKind};
 
 /// Below this many entries no full sweep is triggered by inserts: sweeping a small map buys
@@ -154,7 +154,7 @@ impl MemoryStore {
         }
     }
 
-    fn get_now(&self, id: &SessionId, now: Timestamp) -> Option<SessionData> {
+    fn get_now(&self, id: &SessionId, now: Timestamp) -> Option<LiveSession> {
         let key = id.lookup_key();
         let mut inner = self.lock();
         let entry = inner.sessions.get_mut(&key)?;
@@ -162,8 +162,16 @@ impl MemoryStore {
             inner.sessions.remove(&key);
             return None;
         }
-        entry.idle_until = deadline(now, entry.ttl_idle).min(entry.absolute_until);
-        Some(entry.data.clone())
+        // Never earlier than it was: a request stamped a moment late (another replica's
+        // clock, a slow handler) must not shorten the session.
+        entry.idle_until = deadline(now, entry.ttl_idle)
+            .min(entry.absolute_until)
+            .max(entry.idle_until);
+        Some(LiveSession {
+            data: entry.data.clone(),
+            idle_until: entry.idle_until,
+            absolute_until: entry.absolute_until,
+        })
     }
 
     fn put_ticket_now(
@@ -229,11 +237,11 @@ impl Store for MemoryStore {
         )))
     }
 
-    fn get_session<'a>(
+    fn touch_session<'a>(
         &'a self,
         id: &'a SessionId,
         now: Timestamp,
-    ) -> StoreFuture<'a, Option<SessionData>> {
+    ) -> StoreFuture<'a, Option<LiveSession>> {
         Box::pin(std::future::ready(Ok(self.get_now(id, now))))
     }
 
