@@ -349,6 +349,7 @@ async fn spawn_federated(
 
 /// The text `portvakt demo` prints.
 pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> String {
+    let today = crate::policy::oslo_today(jiff::Timestamp::now());
     let mut s = String::new();
     s.push_str("Portvakt demo — alt kjører lokalt / everything runs on loopback\n\n");
     s.push_str(
@@ -371,7 +372,7 @@ pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> Strin
         "  OIDC vendor:  http://127.0.0.1:8392/   (fagportalen, students only: checks the id_token, lists every claim)\n",
     );
     s.push_str(&format!(
-        "  Usage:        curl -H 'Authorization: Bearer {DEMO_STATISTICIAN_KEY}' 'http://{public_host}/api/v1/usage?format=csv'\n"
+        "  Usage:        curl -H 'Authorization: Bearer {DEMO_STATISTICIAN_KEY}' 'http://{public_host}/api/v1/usage?from={today}&to={today}&format=csv'\n"
     ));
     s.push_str(&format!(
         "                http://{public_host}/sushi/r51/reports?api_key={DEMO_STATISTICIAN_KEY}&customer_id=vestfold-bibliotek   (SUSHI)\n"
