@@ -68,6 +68,14 @@ fn from_error(e: UsageError) -> Response {
         UsageError::Request { message, .. } => {
             refuse(StatusCode::BAD_REQUEST, "bad_request", message)
         }
+        UsageError::Unavailable { message } => {
+            tracing::warn!("usage export refused, shared counts unavailable: {message}");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the usage counts are shared between the gateway's replicas in Redis, which is not answering just now; no counts are lost: try again in a moment",
+            )
+        }
         other => {
             tracing::error!("usage export failed: {other}");
             refuse(
@@ -110,18 +118,10 @@ async fn native(
         Ok(x) => x,
         Err(e) => return from_error(e),
     };
-    let usage = state.usage.clone();
-    let rows = match tokio::task::spawn_blocking(move || usage.query(&q).map(|r| (r, q))).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return from_error(e),
-        Err(e) => {
-            return from_error(UsageError::Corrupt {
-                path: Default::default(),
-                message: e.to_string(),
-            });
-        }
+    let rows = match state.usage.query_async(q.clone()).await {
+        Ok(r) => r,
+        Err(e) => return from_error(e),
     };
-    let (rows, q) = rows;
     match format {
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
