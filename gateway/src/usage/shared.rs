@@ -19,8 +19,9 @@
 //! (`portvakt_usage_dropped_total`). On a clean stop with Redis away the buffer goes to
 //! `<data_dir>/usage-unsent-<replica>.json` (already split into numbered batches, so
 //! sending it twice counts it once), which the next start sends and then deletes. Persons
-//! whose period salt this replica never got cannot be hashed, and are never written down
-//! as tokens: they are dropped and counted.
+//! go into that file only as their hashes under the period salt (which lives in Redis and
+//! expires with the period), never as tokens; those whose period salt this replica never
+//! got cannot be hashed, and are dropped and counted.
 //!
 //! Queries send this replica's buffer first, then read Redis; when either fails the query
 //! fails (the native API answers 503, SUSHI exception 1000) rather than give a partial
@@ -577,7 +578,6 @@ impl Shared {
         }
         periods.sort_unstable();
         periods.dedup();
-        let mut closed = Vec::new();
         for p in periods {
             if st.salts.contains_key(&p) {
                 continue;
@@ -598,24 +598,26 @@ impl Shared {
             let salt = got
                 .and_then(|s| data_encoding::HEXLOWER.decode(s.as_bytes()).ok())
                 .and_then(|b| <[u8; 16]>::try_from(b).ok());
-            match salt {
-                Some(s) => {
-                    st.salts.insert(p, s);
-                }
-                None => closed.push(p),
+            // None: the period closed (its salt is gone) before this replica could send,
+            // and its persons cannot be counted without counting someone twice.
+            if let Some(s) = salt {
+                st.salts.insert(p, s);
             }
         }
+        self.hash_known(st);
+        Ok(())
+    }
+
+    /// Hashes the waiting persons under the salts this replica has; those of a period
+    /// whose salt it has not are dropped (and counted).
+    fn hash_known(&self, st: &mut State) {
         let tokens = std::mem::take(&mut st.tokens);
         let mut dropped = 0u64;
         for ((day, f, fa), set) in tokens {
             let month = PeriodKey::Month(distinct::first_of_month(day));
             for p in [PeriodKey::Day(day), month] {
                 let Some(salt) = st.salts.get(&p).copied() else {
-                    // The period closed (its salt is gone) before this replica could
-                    // send: these persons cannot be counted without counting someone twice.
-                    if closed.contains(&p) {
-                        dropped += set.len() as u64 * 2;
-                    }
+                    dropped += set.len() as u64 * 2;
                     continue;
                 };
                 for key in [&f, &fa] {
@@ -632,7 +634,6 @@ impl Shared {
         if dropped > 0 {
             self.dropped_persons.fetch_add(dropped, Ordering::Relaxed);
         }
-        Ok(())
     }
 
     async fn add_hashes(
@@ -724,22 +725,21 @@ impl Shared {
             });
             st.next_batch += 1;
         }
-        for ((p, f), set) in std::mem::take(&mut st.hashes) {
-            let hs = set.iter().map(|h| format!("{h:016x}")).collect();
-            unsent.persons.push((period_name(p), f, hs));
-        }
-        st.hash_count = 0;
-        // Tokens whose salt this replica never got are not written down.
-        let lost = st.token_count as u64 * 4;
-        st.tokens.clear();
-        st.token_count = 0;
+        // Persons go down only as salted hashes, and only under a salt this replica got.
+        let before = self.dropped_persons.load(Ordering::Relaxed);
+        self.hash_known(&mut st);
+        let lost = self.dropped_persons.load(Ordering::Relaxed) - before;
         if lost > 0 {
-            self.dropped_persons.fetch_add(lost, Ordering::Relaxed);
             tracing::warn!(
                 entries = lost,
                 "usage: persons not counted: Redis is away and never gave this period's salt"
             );
         }
+        for ((p, f), set) in std::mem::take(&mut st.hashes) {
+            let hs = set.iter().map(|h| format!("{h:016x}")).collect();
+            unsent.persons.push((period_name(p), f, hs));
+        }
+        st.hash_count = 0;
         self.buffered.store(0, Ordering::Relaxed);
         if unsent.batches.is_empty() && unsent.persons.is_empty() {
             return Ok(());
