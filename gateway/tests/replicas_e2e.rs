@@ -4,6 +4,9 @@
 //! the third, and the second lets go of the session within 5 s. Then Redis stops: logins
 //! fail with a clear page, the running session keeps working from the second's cache,
 //! `/readyz` says 503 and the error metric counts; Redis comes back and so does everything.
+//! Usage counts too: logins, entry links and proxied requests on all three add up exactly
+//! in the native API of any of them once their `flush_interval` has passed, and the same
+//! patron on three replicas is one `unique_users`.
 //! Also: a replica started while Redis is down starts not ready, and a malformed URL stops
 //! the start with one line.
 
@@ -383,6 +386,99 @@ fn three_replicas_share_sessions_tickets_and_logouts_and_ride_out_a_redis_restar
         assert!(!logs.contains(PIN), "{logs}");
     }
     drop(rt);
+}
+
+const STATS_KEY: &str = "statistiker-sandefjord";
+
+/// Today's counts in the native API of one replica: (service, metric) → value.
+fn usage_counts(r: &Replica) -> std::collections::BTreeMap<(String, String), u64> {
+    let day = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let target =
+        format!("/api/v1/usage?from={day}&to={day}&metric=logins,accesses,requests,unique_users");
+    let auth = format!("Bearer {STATS_KEY}");
+    let reply = r.get(HOST, &target, &[("Authorization", &auth)]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                (
+                    row["service"].as_str().unwrap().to_owned(),
+                    row["metric"].as_str().unwrap().to_owned(),
+                ),
+                row["value"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn usage_on_three_replicas_adds_up_exactly_in_the_native_api_of_any() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin = rt.block_on(Origin::start());
+    let redis = RedisServer::start();
+    let dir = setup(&origin.url, &redis.url());
+    let sha = {
+        use sha2::Digest;
+        data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(STATS_KEY.as_bytes()))
+    };
+    let mut config = std::fs::read_to_string(dir.path().join("portvakt.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[usage]\nflush_interval = \"1s\"\n\n[[statistician]]\nname = \"sandefjord\"\napi_key_sha256 = \"{sha}\"\ninstitutions = [\"NO-2390700\"]\n"
+    ));
+    std::fs::write(dir.path().join("portvakt.toml"), config).unwrap();
+    let r: Vec<Replica> = (0..3).map(|_| serve(dir.path())).collect();
+
+    // Replica i: i + 1 logins (the same patron), one entry link, 2(i + 1) pages.
+    for (i, replica) in r.iter().enumerate() {
+        let mut session = String::new();
+        for _ in 0..=i {
+            let reply = replica.login(&[]);
+            assert_eq!(reply.status, 303, "{}", reply.body);
+            session = format!("portvakt={}", reply.cookie("portvakt").unwrap());
+        }
+        let go = replica.get(HOST, "/go/avis?path=/page.html", &[("Cookie", &session)]);
+        assert_eq!(go.status, 303, "{}", go.body);
+        let (host, enter) = split(go.header("location").unwrap());
+        let entered = replica.get(&host, &enter, &[]);
+        assert_eq!(entered.status, 303, "{}", entered.body);
+        let svc = format!("portvakt-svc={}", entered.cookie("portvakt-svc").unwrap());
+        for _ in 0..2 * (i + 1) {
+            let page = replica.get(&host, "/page.html", &[("Cookie", &svc)]);
+            assert_eq!(page.status, 200, "{}", page.body);
+        }
+    }
+
+    let want = |c: &std::collections::BTreeMap<(String, String), u64>| {
+        let get = |s: &str, m: &str| c.get(&(s.to_owned(), m.to_owned())).copied();
+        get("-", "logins") == Some(6)
+            && get("avis", "accesses") == Some(3)
+            && get("avis", "requests") == Some(12)
+            && get("-", "unique_users") == Some(1)
+            && get("avis", "unique_users") == Some(1)
+    };
+    // Each replica sends its own counts before answering; the others' arrive within
+    // their flush_interval.
+    for replica in &r {
+        within(
+            Duration::from_secs(5),
+            "every replica's counts in one answer",
+            || want(&usage_counts(replica)),
+        );
+    }
+    // And they stay exact: nothing counted twice by later flushes.
+    std::thread::sleep(Duration::from_millis(1500));
+    for replica in &r {
+        let c = usage_counts(replica);
+        assert!(want(&c), "{c:?}");
+    }
 }
 
 #[test]
