@@ -553,7 +553,7 @@ impl Usage {
         match &self.shared {
             Some(s) => {
                 let now = self.clock.now();
-                s.flush(self.live.drain(), &self.names, now).await
+                s.flush(&self.live, &self.names, now).await
             }
             None => {
                 let u = Arc::clone(self);
@@ -573,7 +573,7 @@ impl Usage {
         match &self.shared {
             Some(s) => {
                 let now = self.clock.now();
-                s.close(self.live.drain(), &self.names, now).await
+                s.close(&self.live, &self.names, now).await
             }
             None => self.flush_async().await,
         }

@@ -52,7 +52,7 @@ use jiff::civil::Date;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use super::counters::{self, Archive, CellKey, Metric, NO_REASON, Names, Table};
+use super::counters::{self, Archive, CellKey, Live, Metric, NO_REASON, Names, Table};
 use super::distinct::{self, PeriodKey};
 use super::{PersonToken, UsageError, lock};
 use crate::store::redis::{PREFIX, RedisConn, unix_ms};
@@ -451,14 +451,16 @@ impl Shared {
     /// did not take all of it (the rest stays buffered).
     pub async fn flush(
         &self,
-        drained: Vec<((Date, u64), u64)>,
+        live: &Live,
         names: &std::sync::RwLock<Names>,
         now: Timestamp,
     ) -> Result<(), UsageError> {
         let mut st = self.state.lock().await;
+        // Drained only with the buffer in hand: a flush dropped while it waits (a
+        // query whose client went away, the flusher aborted at a stop) loses nothing.
         {
             let names = super::read(names);
-            self.intake(&mut st, drained, &names);
+            self.intake(&mut st, live.drain(), &names);
         }
         let result = self.send(&mut st, now).await;
         self.buffered.store(st.cells() as u64, Ordering::Relaxed);
@@ -692,11 +694,11 @@ impl Shared {
     /// `<data_dir>/usage-unsent-<replica>.json` for the next start.
     pub async fn close(
         &self,
-        drained: Vec<((Date, u64), u64)>,
+        live: &Live,
         names: &std::sync::RwLock<Names>,
         now: Timestamp,
     ) -> Result<(), UsageError> {
-        let Err(e) = self.flush(drained, names, now).await else {
+        let Err(e) = self.flush(live, names, now).await else {
             return Ok(());
         };
         let mut st = self.state.lock().await;
@@ -883,5 +885,43 @@ impl Shared {
             .map_err(unavailable)?;
         let parse = |v: &[String]| v.first().and_then(|s| s.parse::<Date>().ok());
         Ok(parse(&first).zip(parse(&last)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AgeBand;
+    use crate::subject::Affiliation;
+
+    #[test]
+    fn fields_name_cells_the_same_on_every_replica() {
+        let mut a = Names::default();
+        a.intern("other", "x");
+        let (i, s) = a.intern("NO|1%7C", "svc|%").expect("room");
+        let key = CellKey::new(i, s, Affiliation::Staff, AgeBand::B67Plus).with(Metric::Denials, 3);
+        let f = field(&a, key).expect("known names");
+        assert_eq!(f.split('|').count(), 3, "{f}");
+        // Another replica, other indexes: the same cell.
+        let mut b = Names::default();
+        let back = packed(&mut b, &f).expect("parses");
+        assert_eq!(field(&b, back), Some(f));
+        let u = counters::unpack(back);
+        assert_eq!(&*b.institutions[usize::from(u.inst)], "NO|1%7C");
+        assert_eq!(&*b.services[usize::from(u.svc)], "svc|%");
+        assert_eq!((u.metric, u.reason), (Metric::Denials as u8, 3));
+    }
+
+    #[test]
+    fn salts_go_ten_minutes_after_the_period_closes_in_oslo() {
+        let d: Date = "2026-03-28".parse().expect("date");
+        // Oslo is UTC+1 before the switch to summer time on 29 March.
+        let day: Timestamp = "2026-03-28T23:10:00Z".parse().expect("ts");
+        assert_eq!(salt_expiry(PeriodKey::Day(d)), day);
+        let month: Timestamp = "2026-03-31T22:10:00Z".parse().expect("ts");
+        assert_eq!(salt_expiry(PeriodKey::Month(d.first_of_month())), month);
+        for p in [PeriodKey::Day(d), PeriodKey::Month(d.first_of_month())] {
+            assert_eq!(parse_period(&period_name(p)), Some(p));
+        }
     }
 }
