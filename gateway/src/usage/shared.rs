@@ -63,8 +63,9 @@ use crate::store::redis::{PREFIX, RedisConn, unix_ms};
 /// twice, so the buffer can pass the bound by up to [`BATCH_CELLS`]); new cells past the
 /// bound are dropped and counted.
 pub const BUFFER_CELLS: usize = 250_000;
-/// Person entries (a person in a day's or a month's `unique_users` cell, as a token or a
-/// salted hash) kept while Redis is away; past it, new ones are dropped and counted.
+/// Person entries kept while Redis is away (a person seen in a cell on a day takes four:
+/// the day's and the month's sketch, of the cell and of its all-bands cell); past it, new
+/// persons are dropped and counted.
 pub const BUFFER_PERSONS: usize = 250_000;
 /// Cells in one batch (one script call).
 pub const BATCH_CELLS: usize = 5_000;
@@ -100,7 +101,8 @@ pub struct SharedStats {
     pub buffered_cells: u64,
     /// Cells dropped past the bound (`portvakt_usage_dropped_total{what="cells"}`).
     pub dropped_cells: u64,
-    /// Person entries dropped (`portvakt_usage_dropped_total{what="persons"}`).
+    /// Persons seen in a cell on a day and left out of that day's or month's
+    /// `unique_users` (`portvakt_usage_dropped_total{what="persons"}`).
     pub dropped_persons: u64,
 }
 
@@ -443,6 +445,11 @@ impl Shared {
         st.tokens.retain(|_, s| !s.is_empty());
         if dropped > 0 {
             self.dropped_persons.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                persons = dropped,
+                bound = self.opts.buffer_persons,
+                "usage: Redis has been away too long, the buffer is full and new persons are not counted"
+            );
         }
         self.buffered.store(st.cells() as u64, Ordering::Relaxed);
     }
@@ -617,9 +624,12 @@ impl Shared {
         let mut dropped = 0u64;
         for ((day, f, fa), set) in tokens {
             let month = PeriodKey::Month(distinct::first_of_month(day));
-            for p in [PeriodKey::Day(day), month] {
+            let periods = [PeriodKey::Day(day), month];
+            if periods.iter().any(|p| !st.salts.contains_key(p)) {
+                dropped += set.len() as u64;
+            }
+            for p in periods {
                 let Some(salt) = st.salts.get(&p).copied() else {
-                    dropped += set.len() as u64 * 2;
                     continue;
                 };
                 for key in [&f, &fa] {
