@@ -53,8 +53,9 @@
 //! to it does not. Redis's HyperLogLog (2^14 registers, sparse while small) has a standard
 //! error of 0.81 %; small counts are exact in practice. A person on two replicas is one
 //! hash in one sketch, so counts once. While Redis is away the counts wait in a bounded
-//! buffer and a clean stop writes them to `data_dir`; `usage/shared.rs` gives the keys,
-//! the bounds and the failure behaviour.
+//! buffer and a clean stop writes them to `data_dir` (a crash then loses the buffer: what
+//! this replica counted since Redis went away); `usage/shared.rs` gives the keys, the
+//! bounds and the failure behaviour.
 //!
 //! # COUNTER processing
 //!
@@ -498,7 +499,7 @@ impl Usage {
     }
 
     /// Flushes every `flush_interval` until the returned handle is aborted (or the
-    /// runtime stops). Call [`Usage::flush`] once more on a clean stop.
+    /// runtime stops). Call [`Usage::close`] once on a clean stop.
     pub fn spawn_flusher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let usage = Arc::clone(self);
         tokio::spawn(async move {

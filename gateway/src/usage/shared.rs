@@ -18,7 +18,8 @@
 //! [`BUFFER_PERSONS`] person entries; what comes past that is dropped and counted
 //! (`portvakt_usage_dropped_total`). On a clean stop with Redis away the buffer goes to
 //! `<data_dir>/usage-unsent-<replica>.json` (already split into numbered batches, so
-//! sending it twice counts it once), which the next start sends and then deletes. Persons
+//! sending it twice counts it once), which the next start sends and then deletes; a crash
+//! while Redis is away loses the buffer, as it would lose one `flush_interval`. Persons
 //! go into that file only as their hashes under the period salt (which lives in Redis and
 //! expires with the period), never as tokens; those whose period salt this replica never
 //! got cannot be hashed, and are dropped and counted.
@@ -787,8 +788,9 @@ impl Shared {
             .metrics
             .as_ref()
             .is_none_or(|m| m.iter().any(|(m, _)| *m == Metric::UniqueUsers));
-        // One pipeline a month of days, so each stays well within the command timeout.
-        for chunk in days.chunks(31) {
+        // One pipeline a week of days, so each stays well within the command timeout
+        // even for a national installation's day tables.
+        for chunk in days.chunks(7) {
             let mut pipe = redis::pipe();
             for d in chunk {
                 pipe.cmd("HGETALL").arg(day_key(*d));
