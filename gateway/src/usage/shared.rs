@@ -59,7 +59,8 @@ use super::{PersonToken, UsageError, lock};
 use crate::store::redis::{PREFIX, RedisConn, unix_ms};
 
 /// Cells (a day, institution, service, metric and dimensions) this replica keeps while
-/// Redis is away: about 100 bytes each, so some 25 MiB at most. Increments to a cell
+/// Redis is away: about 100 bytes each, so some 25 MiB at most (and the persons below
+/// some 15 MiB more). Increments to a cell
 /// already kept are always added (a cell of the batch awaiting confirmation is then kept
 /// twice, so the buffer can pass the bound by up to [`BATCH_CELLS`]); new cells past the
 /// bound are dropped and counted.
