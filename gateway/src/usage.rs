@@ -619,6 +619,11 @@ impl Usage {
         self.shared.as_ref().map(shared::Shared::stats)
     }
 
+    /// Whether the counts are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// This replica's id in Redis (`None` when embedded).
     pub fn replica(&self) -> Option<&str> {
         self.shared.as_ref().map(shared::Shared::replica)

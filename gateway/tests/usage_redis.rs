@@ -255,6 +255,26 @@ async fn redis_away_buffers_the_counts_sends_them_exactly_once_and_exports_refus
     let (s, body) = call(&router, &api, Some("sandefjord-key")).await;
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("\"value\":5"), "{body}");
+    // A service gone from the policy is known by its counts, from whichever replica.
+    let other = open(&redis, None, SharedOptions::default());
+    requests(&other, "nedlagt", 1, 0);
+    other.flush_async().await.expect("flushes");
+    let (s, body) = call(
+        &router,
+        &api.replace("avis", "nedlagt"),
+        Some("sandefjord-key"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"value\":1"), "{body}");
+    let (s, body) = call(
+        &router,
+        &api.replace("avis", "avsi"),
+        Some("sandefjord-key"),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("unknown service"), "{body}");
 
     // Kept across the restart (the test Redis does not save by itself).
     assert!(redis.command("SAVE").starts_with("+OK"));

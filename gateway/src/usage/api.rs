@@ -122,6 +122,17 @@ async fn native(
         Ok(r) => r,
         Err(e) => return from_error(e),
     };
+    if state.usage.is_shared()
+        && let Some(id) = q.services.iter().flatten().find(|id| {
+            *id != "-"
+                && policy.service(id).is_none()
+                && !rows.services.iter().any(|s| &**s == id.as_str())
+        })
+    {
+        return from_error(UsageError::bad_request(format!(
+            "service: unknown service \"{id}\" (not in the policy, and no counts in this range)"
+        )));
+    }
     match format {
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -268,7 +279,9 @@ fn parse(
                 let known = id == "-"
                     || policy.service(id).is_some()
                     || super::read(&usage.names).service(id).is_some();
-                if !known {
+                // Shared counts: another replica may have counted it; checked against
+                // what Redis holds once read (see `native`).
+                if !known && !usage.is_shared() {
                     return Err(UsageError::bad_request(format!(
                         "service: unknown service \"{id}\""
                     )));
