@@ -51,6 +51,20 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             c.stale_sessions() as f64,
         );
     }
+    if let Some(u) = app.usage.shared_stats() {
+        app.metrics
+            .set(telemetry::USAGE_BUFFERED, &[], u.buffered_cells as f64);
+        app.metrics.set(
+            telemetry::USAGE_DROPPED,
+            &[("what", "cells")],
+            u.dropped_cells as f64,
+        );
+        app.metrics.set(
+            telemetry::USAGE_DROPPED,
+            &[("what", "persons")],
+            u.dropped_persons as f64,
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

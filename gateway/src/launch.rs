@@ -154,12 +154,24 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
             config.data_dir.display()
         )
     })?;
-    let usage = crate::usage::Usage::open(
-        Some(&config.data_dir),
-        config.flush_interval,
-        clock.clone(),
-        &usage_salt_key,
-    )
+    // With Redis the counts are shared by every replica (usage/shared.rs); `data_dir` then
+    // only holds what a stop could not send.
+    let usage = match store.redis() {
+        Some(conn) => crate::usage::Usage::open_shared(
+            Some(&config.data_dir),
+            config.flush_interval,
+            clock.clone(),
+            &usage_salt_key,
+            conn,
+            crate::usage::SharedOptions::default(),
+        ),
+        None => crate::usage::Usage::open(
+            Some(&config.data_dir),
+            config.flush_interval,
+            clock.clone(),
+            &usage_salt_key,
+        ),
+    }
     .map_err(|e| format!("cannot open the usage counters: {e}"))?;
     App::new(AppParts {
         usage,

@@ -48,13 +48,11 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        // Every request has finished: what they counted goes to disk before we return.
+        // Every request has finished: what they counted goes to disk (or to Redis, or when
+        // Redis is away to `data_dir` for the next start) before we return.
         self.flusher.abort();
-        let usage = self.usage;
-        match tokio::task::spawn_blocking(move || usage.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("usage counts not saved at shutdown: {e}"),
-            Err(e) => tracing::error!("usage counts not saved at shutdown: {e}"),
+        if let Err(e) = self.usage.close().await {
+            tracing::error!("usage counts not saved at shutdown: {e}");
         }
     }
 }

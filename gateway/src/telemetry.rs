@@ -17,6 +17,11 @@ pub const POLICY_LOADED: &str = "portvakt_policy_loaded_timestamp_seconds";
 pub const STORE_ERRORS: &str = "portvakt_store_errors_total";
 /// Proxied requests served from a replica's session cache while the store was down.
 pub const STORE_STALE_SESSIONS: &str = "portvakt_store_stale_sessions_total";
+/// Usage counts dropped because Redis was away and the buffer full; `what` is `cells` or
+/// `persons`.
+pub const USAGE_DROPPED: &str = "portvakt_usage_dropped_total";
+/// Usage cells waiting in this replica's buffer for Redis.
+pub const USAGE_BUFFERED: &str = "portvakt_usage_buffered_cells";
 /// 1 when the store answered the last readiness check, else 0.
 pub const STORE_UP: &str = "portvakt_store_up";
 

@@ -4,6 +4,10 @@
 //! the third, and the second lets go of the session within 5 s. Then Redis stops: logins
 //! fail with a clear page, the running session keeps working from the second's cache,
 //! `/readyz` says 503 and the error metric counts; Redis comes back and so does everything.
+//! Usage counts too: logins, entry links and proxied requests on all three add up exactly
+//! in the native API of any of them once their `flush_interval` has passed, and the same
+//! patron on three replicas is one `unique_users`; a replica stopped (SIGTERM) while Redis
+//! is away leaves its buffered counts in `data_dir` and the next start sends them, once.
 //! Also: a replica started while Redis is down starts not ready, and a malformed URL stops
 //! the start with one line.
 
@@ -385,6 +389,194 @@ fn three_replicas_share_sessions_tickets_and_logouts_and_ride_out_a_redis_restar
         assert!(!privacy::contains_token(&logs, PIN), "{logs}");
     }
     drop(rt);
+}
+
+const STATS_KEY: &str = "statistiker-sandefjord";
+
+/// Today's counts in the native API of one replica: (service, metric) → value.
+fn usage_counts(r: &Replica) -> std::collections::BTreeMap<(String, String), u64> {
+    let day = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let target =
+        format!("/api/v1/usage?from={day}&to={day}&metric=logins,accesses,requests,unique_users");
+    let auth = format!("Bearer {STATS_KEY}");
+    let reply = r.get(HOST, &target, &[("Authorization", &auth)]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                (
+                    row["service"].as_str().unwrap().to_owned(),
+                    row["metric"].as_str().unwrap().to_owned(),
+                ),
+                row["value"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A 1 s `flush_interval` and a statistician for the library.
+fn with_usage(dir: &Path) {
+    let sha = {
+        use sha2::Digest;
+        data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(STATS_KEY.as_bytes()))
+    };
+    let mut config = std::fs::read_to_string(dir.join("portvakt.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[usage]\nflush_interval = \"1s\"\n\n[[statistician]]\nname = \"sandefjord\"\napi_key_sha256 = \"{sha}\"\ninstitutions = [\"NO-2390700\"]\n"
+    ));
+    std::fs::write(dir.join("portvakt.toml"), config).unwrap();
+}
+
+/// `usage-unsent-*.json` files in the replicas' `data_dir`.
+fn leftovers(dir: &Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(dir.join("data")) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("usage-unsent-"))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn a_replica_stopped_while_redis_is_away_leaves_its_counts_to_the_next_start() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin = rt.block_on(Origin::start());
+    let mut redis = RedisServer::start();
+    let dir = setup(&origin.url, &redis.url());
+    with_usage(dir.path());
+    let mut first = serve(dir.path());
+
+    let reply = first.login(&[]);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let session = format!("portvakt={}", reply.cookie("portvakt").unwrap());
+    let go = first.get(HOST, "/go/avis?path=/page.html", &[("Cookie", &session)]);
+    let (host, enter) = split(go.header("location").unwrap());
+    let entered = first.get(&host, &enter, &[]);
+    let svc = format!("portvakt-svc={}", entered.cookie("portvakt-svc").unwrap());
+    assert_eq!(
+        first.get(&host, "/page.html", &[("Cookie", &svc)]).status,
+        200
+    );
+    let requests = |r: &Replica| {
+        usage_counts(r)
+            .get(&("avis".to_owned(), "requests".to_owned()))
+            .copied()
+    };
+    assert_eq!(requests(&first), Some(1));
+
+    // Redis goes (keeping what it has); the patron inside the service goes on, from the
+    // replica's session cache, and the counts wait in the replica's buffer.
+    assert!(redis.command("SAVE").starts_with("+OK"));
+    redis.stop();
+    for _ in 0..3 {
+        assert_eq!(
+            first.get(&host, "/page.html", &[("Cookie", &svc)]).status,
+            200
+        );
+    }
+    within(Duration::from_secs(5), "counts buffered", || {
+        first.metric("portvakt_usage_buffered_cells") > 0.0
+    });
+    let day = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let auth = format!("Bearer {STATS_KEY}");
+    let down = first.get(
+        HOST,
+        &format!("/api/v1/usage?from={day}&to={day}"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down.body.contains("unavailable"), "{}", down.body);
+
+    // SIGTERM: a clean stop, the buffer written to data_dir.
+    let status = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = first.child.wait().unwrap();
+    assert!(exit.success(), "a clean stop exits 0: {exit:?}");
+    let files = leftovers(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // The next start sends it, once.
+    redis.resume();
+    let next = serve(dir.path());
+    within(Duration::from_secs(10), "the leftovers sent", || {
+        requests(&next) == Some(4)
+    });
+    assert!(leftovers(dir.path()).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(requests(&next), Some(4));
+}
+
+#[test]
+fn usage_on_three_replicas_adds_up_exactly_in_the_native_api_of_any() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin = rt.block_on(Origin::start());
+    let redis = RedisServer::start();
+    let dir = setup(&origin.url, &redis.url());
+    with_usage(dir.path());
+    let r: Vec<Replica> = (0..3).map(|_| serve(dir.path())).collect();
+
+    // Replica i: i + 1 logins (the same patron), one entry link, 2(i + 1) pages.
+    for (i, replica) in r.iter().enumerate() {
+        let mut session = String::new();
+        for _ in 0..=i {
+            let reply = replica.login(&[]);
+            assert_eq!(reply.status, 303, "{}", reply.body);
+            session = format!("portvakt={}", reply.cookie("portvakt").unwrap());
+        }
+        let go = replica.get(HOST, "/go/avis?path=/page.html", &[("Cookie", &session)]);
+        assert_eq!(go.status, 303, "{}", go.body);
+        let (host, enter) = split(go.header("location").unwrap());
+        let entered = replica.get(&host, &enter, &[]);
+        assert_eq!(entered.status, 303, "{}", entered.body);
+        let svc = format!("portvakt-svc={}", entered.cookie("portvakt-svc").unwrap());
+        for _ in 0..2 * (i + 1) {
+            let page = replica.get(&host, "/page.html", &[("Cookie", &svc)]);
+            assert_eq!(page.status, 200, "{}", page.body);
+        }
+    }
+
+    let want = |c: &std::collections::BTreeMap<(String, String), u64>| {
+        let get = |s: &str, m: &str| c.get(&(s.to_owned(), m.to_owned())).copied();
+        get("-", "logins") == Some(6)
+            && get("avis", "accesses") == Some(3)
+            && get("avis", "requests") == Some(12)
+            && get("-", "unique_users") == Some(1)
+            && get("avis", "unique_users") == Some(1)
+    };
+    // Each replica sends its own counts before answering; the others' arrive within
+    // their flush_interval.
+    for replica in &r {
+        within(
+            Duration::from_secs(5),
+            "every replica's counts in one answer",
+            || want(&usage_counts(replica)),
+        );
+    }
+    // And they stay exact: nothing counted twice by later flushes.
+    std::thread::sleep(Duration::from_millis(1500));
+    for replica in &r {
+        let c = usage_counts(replica);
+        assert!(want(&c), "{c:?}");
+    }
 }
 
 #[test]

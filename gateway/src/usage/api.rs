@@ -68,6 +68,14 @@ fn from_error(e: UsageError) -> Response {
         UsageError::Request { message, .. } => {
             refuse(StatusCode::BAD_REQUEST, "bad_request", message)
         }
+        UsageError::Unavailable { message } => {
+            tracing::warn!("usage export refused, shared counts unavailable: {message}");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the usage counts are shared between the gateway's replicas in Redis, which is not answering just now; no counts are lost: try again in a moment",
+            )
+        }
         other => {
             tracing::error!("usage export failed: {other}");
             refuse(
@@ -110,18 +118,21 @@ async fn native(
         Ok(x) => x,
         Err(e) => return from_error(e),
     };
-    let usage = state.usage.clone();
-    let rows = match tokio::task::spawn_blocking(move || usage.query(&q).map(|r| (r, q))).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return from_error(e),
-        Err(e) => {
-            return from_error(UsageError::Corrupt {
-                path: Default::default(),
-                message: e.to_string(),
-            });
-        }
+    let rows = match state.usage.query_async(q.clone()).await {
+        Ok(r) => r,
+        Err(e) => return from_error(e),
     };
-    let (rows, q) = rows;
+    if state.usage.is_shared()
+        && let Some(id) = q.services.iter().flatten().find(|id| {
+            *id != "-"
+                && policy.service(id).is_none()
+                && !rows.services.iter().any(|s| &**s == id.as_str())
+        })
+    {
+        return from_error(UsageError::bad_request(format!(
+            "service: unknown service \"{id}\" (not in the policy, and no counts in this range)"
+        )));
+    }
     match format {
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -268,7 +279,9 @@ fn parse(
                 let known = id == "-"
                     || policy.service(id).is_some()
                     || super::read(&usage.names).service(id).is_some();
-                if !known {
+                // Shared counts: another replica may have counted it; checked against
+                // what Redis holds once read (see `native`).
+                if !known && !usage.is_shared() {
                     return Err(UsageError::bad_request(format!(
                         "service: unknown service \"{id}\""
                     )));

@@ -125,7 +125,7 @@ impl Sketch {
 }
 
 /// A day, or a month (by its first day).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeriodKey {
     Day(Date),
     Month(Date),
@@ -163,7 +163,7 @@ pub fn first_of_month(d: Date) -> Date {
 
 /// 16 random bytes; the OS generator, else std's randomly seeded hasher (never a fixed
 /// value, and never a reason to stop counting).
-fn random16() -> [u8; 16] {
+pub(crate) fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
         let s = std::collections::hash_map::RandomState::new();

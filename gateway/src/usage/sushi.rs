@@ -222,11 +222,14 @@ async fn reports(
         .first_of_month()
         .yesterday()
         .map_or(today, |d| d.first_of_month());
-    let first = state
-        .usage
-        .days_with_data()
-        .map_or(last, |(f, _)| f.first_of_month())
-        .min(last);
+    let span = match state.usage.days_with_data_async().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("SUSHI report list failed: {e}");
+            return fail(1000, "usage data cannot be read just now");
+        }
+    };
+    let first = span.map_or(last, |(f, _)| f.first_of_month()).min(last);
     let list: Vec<Value> = [Kind::Pr, Kind::Dr, Kind::DrD1, Kind::DrD2]
         .into_iter()
         .map(|k| {
@@ -616,15 +619,10 @@ async fn report(state: State<Arc<ApiState>>, p: QueryParams<Params>, kind: Kind)
         ]),
         k_anonymity: 1,
     };
-    let usage = state.usage.clone();
-    let rows = match tokio::task::spawn_blocking(move || usage.query(&q)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::error!("SUSHI report failed: {e}");
-            return fail(1000, "usage data cannot be read just now");
-        }
+    let rows = match state.usage.query_async(q).await {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!("SUSHI report task failed: {e}");
+            tracing::error!("SUSHI report failed: {e}");
             return fail(1000, "usage data cannot be read just now");
         }
     };
