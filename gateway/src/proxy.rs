@@ -346,3 +346,54 @@ pub fn release_header_name(attribute: &str) -> String {
         .collect();
     format!("X-Portvakt-{}", words.join("-"))
 }
+
+/// The proxy's inner steps, for `benches/proxy.rs`; not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::sync::Arc;
+
+    use http::{HeaderMap, Method};
+
+    use super::headers::{Coding, HtmlPlan};
+    use super::{Forward, HostMap, ProxyError};
+
+    /// A whole HTML body, gzip-encoded or not, through the decoder and rewriter as
+    /// [`super::forward`] streams it, chunk by chunk.
+    pub fn rewrite_html(
+        hosts: &Arc<HostMap>,
+        service: &str,
+        gzip: bool,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<u8>, ProxyError> {
+        let plan = HtmlPlan {
+            coding: if gzip { Coding::Gzip } else { Coding::Identity },
+            charset: None,
+        };
+        super::html::rewrite_body(&plan, hosts, service, chunks)
+    }
+
+    /// [`rewrite_html`] with one selector and handler per attribute, as before.
+    pub fn rewrite_html_per_selector(
+        hosts: &Arc<HostMap>,
+        service: &str,
+        gzip: bool,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<u8>, ProxyError> {
+        let plan = HtmlPlan {
+            coding: if gzip { Coding::Gzip } else { Coding::Identity },
+            charset: None,
+        };
+        super::html::rewrite_body_per_selector(&plan, hosts, service, chunks)
+    }
+
+    pub fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
+        super::headers::scrub_request(h, f);
+    }
+
+    /// Whether the body would be rewritten.
+    pub fn rewrite_response(parts: &mut http::response::Parts, f: &Forward<'_>) -> bool {
+        super::headers::rewrite_response(parts, &Method::GET, f)
+            .html
+            .is_some()
+    }
+}
