@@ -111,6 +111,28 @@ fn bench(c: &mut Criterion) {
         b.iter(|| bench::rewrite_html_per_selector(&hosts, "avis", false, black_box(&plain_chunks)))
     });
     g.finish();
+
+    let links = [
+        "https://www.avis.example/artikkel/1?x=y",
+        "https://img.avis.example/bilde-1-400.jpg",
+        "//www.avis.example/artikkel/100",
+        "https://foreign.example/kilde/1",
+        "https://film.example/",
+    ];
+    c.bench_function("rewrite_link/5", |b| {
+        b.iter(|| {
+            for l in &links {
+                black_box(hosts.rewrite_link("avis", black_box(l)));
+            }
+        })
+    });
+    c.bench_function("rewrite_link_by_url/5", |b| {
+        b.iter(|| {
+            for l in &links {
+                black_box(hosts.rewrite_link_by_url("avis", black_box(l)));
+            }
+        })
+    });
 }
 
 criterion_group!(benches, bench);

@@ -529,3 +529,86 @@ fn the_single_handler_rewrites_as_one_selector_per_attribute_did() {
         }
     }
 }
+
+/// Authorities near the origins' (case, ports, IPv4 spellings, escapes, IDN, dots) and
+/// far from them.
+fn authority() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let host = prop_oneof![
+        Just("www.avis.example".to_owned()),
+        Just("WWW.Avis.Example".to_owned()),
+        Just("cdn.avis.example".to_owned()),
+        Just("img.avis.example".to_owned()),
+        Just("www.avis.example.".to_owned()),
+        Just("ww%77.avis.example".to_owned()),
+        Just("xn--www-avis.example".to_owned()),
+        Just("www.avis.example\u{ff0e}".to_owned()),
+        Just("ＷＷＷ.avis.example".to_owned()),
+        Just("127.0.0.1".to_owned()),
+        Just("127.1".to_owned()),
+        Just("0x7f.0.0.1".to_owned()),
+        Just("127.000.0.1".to_owned()),
+        Just("256.0.0.1".to_owned()),
+        Just("[::1]".to_owned()),
+        Just("film.example".to_owned()),
+        "[a-zA-Z0-9.%-]{1,12}",
+        "[0-9.x]{1,12}",
+    ];
+    let port = prop_oneof![
+        Just(String::new()),
+        Just(":".to_owned()),
+        Just(":443".to_owned()),
+        Just(":0443".to_owned()),
+        Just(":80".to_owned()),
+        Just(":8081".to_owned()),
+        Just(":08081".to_owned()),
+        Just(":65536".to_owned()),
+        Just(":99999999999".to_owned()),
+        Just(":8a".to_owned()),
+        ":[0-9]{1,6}",
+    ];
+    (host, port).prop_map(|(h, p)| format!("{h}{p}"))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn the_fast_link_matcher_agrees_with_url_parse(
+        scheme in proptest::prelude::prop_oneof![
+            proptest::prelude::Just("https://"),
+            proptest::prelude::Just("HTTP://"),
+            proptest::prelude::Just("http://"),
+            proptest::prelude::Just("//"),
+            proptest::prelude::Just(" //"),
+        ],
+        authority in authority(),
+        tail in "(/[a-z]{0,3})?(\\?q)?(#f)?",
+        service in proptest::prelude::prop_oneof![
+            proptest::prelude::Just("avis"),
+            proptest::prelude::Just("film"),
+            proptest::prelude::Just("ip"),
+        ],
+    ) {
+        let m = HostMap::new(
+            "bib.localhost:8080",
+            Scheme::Https,
+            [
+                (
+                    ServiceId::from("avis"),
+                    url("https://www.avis.example"),
+                    vec![url("https://cdn.avis.example"), url("http://img.avis.example:8081")],
+                ),
+                (ServiceId::from("film"), url("https://film.example:443"), vec![]),
+                (ServiceId::from("ip"), url("http://127.0.0.1:8081"), vec![url("https://[::1]")]),
+            ],
+        )
+        .unwrap();
+        let link = format!("{scheme}{authority}{tail}");
+        proptest::prop_assert_eq!(
+            m.rewrite_link(service, &link),
+            m.rewrite_link_by_url(service, &link),
+            "{}", link
+        );
+    }
+}
