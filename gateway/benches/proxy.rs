@@ -15,7 +15,8 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway::config::Scheme;
 use gateway::ids::ServiceId;
-use gateway::proxy::{HostMap, bench};
+use gateway::proxy::{Forward, HostMap, Timeouts, bench, release_headers};
+use http::{HeaderMap, HeaderValue, Response};
 use url::Url;
 
 fn hosts() -> Arc<HostMap> {
@@ -132,6 +133,84 @@ fn bench(c: &mut Criterion) {
                 black_box(hosts.rewrite_link_by_url("avis", black_box(l)));
             }
         })
+    });
+
+    let origin = Url::parse("https://www.avis.example").expect("a URL");
+    let cookies = vec!["__Host-portvakt-svc".to_owned(), "portvakt".to_owned()];
+    let release = release_headers([("pseudonym", "3k5x0q2n7v"), ("institution", "NO-2399900")]);
+    let f = Forward {
+        origin: &origin,
+        hosts: &hosts,
+        service: "avis",
+        release: &release,
+        gateway_cookies: &cookies,
+        timeouts: Timeouts::default(),
+    };
+    // What a browser sends on a service host.
+    let mut request = HeaderMap::new();
+    for (k, v) in [
+        ("host", "avis.bib.example.no"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "nb-NO,nb;q=0.9,no;q=0.8,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("connection", "keep-alive"),
+        (
+            "cookie",
+            "__Host-portvakt-svc=abc.def; vendor_session=xyz; consent=1",
+        ),
+        ("referer", "https://avis.bib.example.no/seksjon/3"),
+        ("upgrade-insecure-requests", "1"),
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "same-origin"),
+        ("priority", "u=0, i"),
+    ] {
+        request.append(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("scrub_request", |b| {
+        b.iter_batched(
+            || request.clone(),
+            |mut h| {
+                bench::scrub_request(&mut h, &f);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    let response = Response::builder()
+        .header("date", "Wed, 02 Dec 2026 10:00:00 GMT")
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-encoding", "gzip")
+        .header("content-length", "9120")
+        .header("cache-control", "private, max-age=60")
+        .header("etag", "\"5f2a-1\"")
+        .header("vary", "Accept-Encoding")
+        .header(
+            "set-cookie",
+            "vendor_session=xyz; Domain=avis.example; Path=/; Secure; HttpOnly",
+        )
+        .header("strict-transport-security", "max-age=31536000")
+        .header("x-frame-options", "SAMEORIGIN")
+        .body(())
+        .expect("a response");
+    let (parts, ()) = response.into_parts();
+    c.bench_function("rewrite_response", |b| {
+        b.iter_batched(
+            || parts.clone(),
+            |mut p| {
+                black_box(bench::rewrite_response(&mut p, &f));
+                p
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
 

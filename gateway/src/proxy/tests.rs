@@ -304,11 +304,13 @@ fn only_origin_form_targets_are_forwarded() {
 }
 
 fn forward_for<'a>(hosts: &'a Arc<HostMap>, origin: &'a Url, cookies: &'a [String]) -> Forward<'a> {
+    static RELEASE: std::sync::LazyLock<Vec<(http::HeaderName, http::HeaderValue)>> =
+        std::sync::LazyLock::new(|| super::release_headers([("pseudonym", "ps")]));
     Forward {
         origin,
         hosts,
         service: "avis",
-        release: vec![("pseudonym".into(), "ps".into())],
+        release: &RELEASE,
         gateway_cookies: cookies,
         timeouts: Timeouts::default(),
     }
