@@ -1,5 +1,5 @@
 //! The proxy's per-request work apart from the network: the streaming HTML rewriter on a
-//! realistic article page (about 40 kB, a few hundred elements, links to the vendor's own
+//! realistic article page (28 kB, a few hundred elements, links to the vendor's own
 //! origins, a CDN, foreign sites and relative ones), plain and gzip-encoded, in 16 kB
 //! chunks as they come off the wire; the link matcher alone; and the request and response
 //! header work. Figures go in loadtest/README.md.
