@@ -8,8 +8,16 @@
 # per request (utime+stime from /proc/PID/stat), the ratios and whether the targets are met.
 #
 #   loadtest/run.sh [--duration 10s] [--warmup 2s] [--connections 64] [--no-build]
+#                   [--store memory|redis|both] [--callgrind]
 #
-# Installs nothing. Needs cargo, curl and nginx (Debian: apt-get install -y nginx-light).
+# --store: portvakt's session store; `both` measures portvakt twice, with the memory store
+# and with Redis (a redis-server of its own on a free loopback port), in the same run.
+# --callgrind: instead of the runs, portvakt under valgrind's callgrind, counting the
+# instructions it executes per proxied request (a steady figure on a busy machine);
+# CALLGRIND_OUT=dir keeps the dumps for callgrind_annotate.
+#
+# Installs nothing. Needs cargo, curl and nginx (Debian: apt-get install -y nginx-light),
+# redis-server for --store redis|both, valgrind for --callgrind.
 # Only 127.0.0.1 is used; everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +27,8 @@ DURATION=10s
 WARMUP=2s
 CONNECTIONS=64
 BUILD=1
+STORE=memory
+CALLGRIND=0
 RATE_DIVISOR=5 # the fixed rate is the direct closed-loop throughput divided by this
 SERVICE=avis
 INSTITUTION=NO-2399900
@@ -31,13 +41,21 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --store) STORE=$2; shift 2 ;;
+    --callgrind) CALLGRIND=1; shift ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
 done
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
+case "$STORE" in
+memory) PV_TARGETS=(portvakt) ;;
+redis) PV_TARGETS=(portvakt-redis) ;;
+both) PV_TARGETS=(portvakt portvakt-redis) ;;
+*) die "--store must be memory, redis or both, not $STORE" ;;
+esac
 
 # --- Tools ---------------------------------------------------------------------------------
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
@@ -45,6 +63,14 @@ command -v curl >/dev/null || die "curl not found (apt-get install -y curl)"
 NGINX=$(command -v nginx || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
 [ -n "$NGINX" ] || die "nginx not found: apt-get install -y nginx-light (or nginx)"
+if [ "$STORE" != memory ]; then
+    REDIS_SERVER=$(command -v redis-server || true)
+    [ -n "$REDIS_SERVER" ] || die "redis-server not found: apt-get install -y redis-server"
+fi
+if [ "$CALLGRIND" = 1 ]; then
+    command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+        die "valgrind not found: apt-get install -y valgrind"
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- Machine -------------------------------------------------------------------------------
@@ -100,16 +126,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits (at most 10 s) until `cmd…` succeeds, failing early if process $1 has died.
+# Waits (at most WAIT_TRIES/10 s, default 10 s) until `cmd…` succeeds, failing early if
+# process $1 has died.
 wait_for() {
     local pid=$1 what=$2 i
     shift 2
-    for i in $(seq 100); do
+    for i in $(seq "${WAIT_TRIES:-100}"); do
         "$@" >/dev/null 2>&1 && return 0
         kill -0 "$pid" 2>/dev/null || die "$what exited; its log: $(tail -n 5 "$TMP/$what.log" 2>/dev/null)"
         sleep 0.1
     done
-    die "$what did not come up within 10 s"
+    die "$what did not come up within $((${WAIT_TRIES:-100} / 10)) s"
 }
 
 # CPU time (clock ticks, user + system) of a process and its children (nginx's workers).
@@ -141,10 +168,8 @@ ORIGIN_PORT=$(head -n1 "$TMP/origin.port")
 PATH_UNDER_TEST=/artikkel/1
 say "origin: 127.0.0.1:$ORIGIN_PORT (pid $ORIGIN_PID)"
 
-mapfile -t PORTS < <("$LOADGEN" free-port --count 3)
+mapfile -t PORTS < <("$LOADGEN" free-port --count 6)
 NGINX_PORT=${PORTS[0]}
-PV_PORT=${PORTS[1]}
-PV_ADMIN=${PORTS[2]}
 
 # --- (b) nginx -----------------------------------------------------------------------------
 mkdir -p "$TMP/nginx"
@@ -188,12 +213,33 @@ wait_for "$NGINX_PID" nginx curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT
 say "nginx: 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $("$NGINX" -v 2>&1 | sed 's/.*version: //'))"
 
 # --- (c) portvakt --------------------------------------------------------------------------
-PV=$TMP/portvakt
-mkdir -p "$PV/policy"
-"$PORTVAKT" keys generate --out "$PV/keys" >/dev/null
-PUBLIC_HOST=bib.localhost:$PV_PORT
-SERVICE_HOST=$SERVICE.bib.localhost:$PV_PORT
-cat >"$PV/policy/policy.toml" <<EOF
+# One instance per store measured: `portvakt` with the memory store, `portvakt-redis` with
+# a redis-server of its own. Each gets its own ports, config and patron session.
+declare -A PV_PID PV_PORT PV_COOKIE PV_HOST PV_UNAVAILABLE
+if [ "$STORE" != memory ]; then
+    REDIS_PORT=${PORTS[5]}
+    mkdir -p "$TMP/redis"
+    # No persistence: nothing to write, nothing to wait for.
+    "${SRV_PIN[@]}" "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir "$TMP/redis" --daemonize no >"$TMP/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_for "$REDIS_PID" redis bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT"
+    say "redis: 127.0.0.1:$REDIS_PORT (pid $REDIS_PID, $("$REDIS_SERVER" --version | sed 's/.* v=\([^ ]*\).*/\1/'))"
+fi
+
+# start_portvakt NAME PORT ADMIN_PORT: config, start, log in; sets PV_*[NAME].
+start_portvakt() {
+    local name=$1 port=$2 admin=$3
+    local PV=$TMP/$name
+    mkdir -p "$PV/policy"
+    "$PORTVAKT" keys generate --out "$PV/keys" >/dev/null
+    local PUBLIC_HOST=bib.localhost:$port
+    local SERVICE_HOST=$SERVICE.bib.localhost:$port
+    local store='backend = "memory"'
+    [ "$name" = portvakt-redis ] && store="backend = \"redis\"
+redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
+    cat >"$PV/policy/policy.toml" <<EOF
 [[institution]]
 id = "$INSTITUTION"
 name = "Lastprøvebiblioteket"
@@ -216,24 +262,26 @@ institution = "$INSTITUTION"
 service = "$SERVICE"
 from = 2020-01-01
 EOF
-cat >"$PV/patrons.toml" <<EOF
+    cat >"$PV/patrons.toml" <<EOF
 [[patron]]
 card = "$CARD"
 pin = "$PIN"
 birth_date = 1980-06-15
 home_library = "$INSTITUTION"
 EOF
-cat >"$PV/portvakt.toml" <<EOF
+    # session_key_file is what the Redis store needs besides redis_url (the same file on
+    # every replica); the memory store takes it too.
+    cat >"$PV/portvakt.toml" <<EOF
 [server]
-listen = "127.0.0.1:$PV_PORT"
-admin_listen = "127.0.0.1:$PV_ADMIN"
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
 public_host = "$PUBLIC_HOST"
 
 [policy]
 dir = "policy"
 
 [store]
-backend = "memory"
+$store
 data_dir = "data"
 
 [keys]
@@ -247,79 +295,130 @@ kind = "file"
 institutions = ["$INSTITUTION"]
 path = "patrons.toml"
 EOF
-# No per-request log lines, as nginx runs with access_log off. PORTVAKT_LOG overrides.
-RUST_LOG=${PORTVAKT_LOG:-warn} "${SRV_PIN[@]}" "$PORTVAKT" serve --config "$PV/portvakt.toml" >"$TMP/portvakt.log" 2>&1 &
-PV_PID=$!
-PIDS+=("$PV_PID")
-wait_for "$PV_PID" portvakt curl -fsS "http://127.0.0.1:$PV_ADMIN/readyz"
-say "portvakt: 127.0.0.1:$PV_PORT as $PUBLIC_HOST (pid $PV_PID)"
-
-# Log in as a patron with curl, as a browser would: the form (CSRF cookie and field), the
-# POST, then the entry link, which hands the session over to the service's own host.
-JAR=$TMP/cookies.txt
-CURL=(curl -sS --max-time 10 -c "$JAR" -b "$JAR"
-    --resolve "bib.localhost:$PV_PORT:127.0.0.1" --resolve "$SERVICE_HOST:127.0.0.1")
-PV_COOKIE=""
-PV_UNAVAILABLE=""
-"${CURL[@]}" -o "$TMP/login.html" "http://$PUBLIC_HOST/login"
-CSRF=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' "$TMP/login.html" | head -n1)
-[ -n "$CSRF" ] || die "no csrf field on portvakt's login page"
-code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' --data-urlencode "csrf=$CSRF" \
-    --data-urlencode "library=$INSTITUTION" --data-urlencode "card=$CARD" \
-    --data-urlencode "pin=$PIN" "http://$PUBLIC_HOST/login")
-[ "$code" = 303 ] || die "login answered $code, not 303; portvakt's log: $(tail -n 5 "$TMP/portvakt.log")"
-code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "http://$PUBLIC_HOST/go/$SERVICE")
-if [ "$code" = 501 ]; then
-    PV_UNAVAILABLE="portvakt proxy mode not available (GET /go/$SERVICE answered 501)"
-elif [ "${code:0:1}" != 3 ]; then
-    PV_UNAVAILABLE="GET /go/$SERVICE answered $code, not a redirect"
-else
-    # Follow the entry link to the service host (/__portvakt/enter?t=…), keeping its cookies.
-    "${CURL[@]}" -L --max-redirs 5 -o /dev/null "http://$PUBLIC_HOST/go/$SERVICE"
-    PV_COOKIE=$(awk -v d="$SERVICE_HOST" 'BEGIN { FS = "\t"; sub(/:.*/, "", d) }
-        NF >= 7 { dom = $1; sub(/^#HttpOnly_/, "", dom); sub(/^\./, "", dom)
-                  if (dom == d || ($2 == "TRUE" && substr(d, length(d) - length(dom)) == "." dom))
-                      printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$JAR")
-    check=$(curl -sS --max-time 10 -o "$TMP/check.html" -w '%{http_code}' \
-        -H "Host: $SERVICE_HOST" -H "Cookie: $PV_COOKIE" "http://127.0.0.1:$PV_PORT$PATH_UNDER_TEST" || true)
-    if [ "$check" != 200 ]; then
-        PV_UNAVAILABLE="a proxied request with the service-host cookie answered $check, not 200"
-    elif ! grep -q "Lokalhistorie fra Vestfold" "$TMP/check.html"; then
-        PV_UNAVAILABLE="a proxied request answered 200 but not with the origin's page"
+    local wrap=() tries=100
+    if [ "$CALLGRIND" = 1 ]; then
+        # Instrumentation off until the measured run (callgrind_control -i on).
+        wrap=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/$name.callgrind.%p")
+        tries=600
     fi
+    # No per-request log lines, as nginx runs with access_log off. PORTVAKT_LOG overrides.
+    RUST_LOG=${PORTVAKT_LOG:-warn} "${SRV_PIN[@]}" "${wrap[@]}" "$PORTVAKT" serve --config "$PV/portvakt.toml" >"$TMP/$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    PV_PID[$name]=$pid
+    PV_PORT[$name]=$port
+    PV_HOST[$name]=$SERVICE_HOST
+    WAIT_TRIES=$tries wait_for "$pid" "$name" curl -fsS "http://127.0.0.1:$admin/readyz"
+    say "$name: 127.0.0.1:$port as $PUBLIC_HOST (pid $pid, store ${store%%$'\n'*})"
+
+    # Log in as a patron with curl, as a browser would: the form (CSRF cookie and field),
+    # the POST, then the entry link, which hands the session over to the service's host.
+    local JAR=$TMP/$name.cookies.txt code check csrf unavailable="" cookie=""
+    local CURL=(curl -sS --max-time 30 -c "$JAR" -b "$JAR"
+        --resolve "bib.localhost:$port:127.0.0.1" --resolve "$SERVICE_HOST:127.0.0.1")
+    "${CURL[@]}" -o "$TMP/$name.login.html" "http://$PUBLIC_HOST/login"
+    csrf=$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' "$TMP/$name.login.html" | head -n1)
+    [ -n "$csrf" ] || die "no csrf field on $name's login page"
+    code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' --data-urlencode "csrf=$csrf" \
+        --data-urlencode "library=$INSTITUTION" --data-urlencode "card=$CARD" \
+        --data-urlencode "pin=$PIN" "http://$PUBLIC_HOST/login")
+    [ "$code" = 303 ] || die "login answered $code, not 303; $name's log: $(tail -n 5 "$TMP/$name.log")"
+    code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "http://$PUBLIC_HOST/go/$SERVICE")
+    if [ "$code" = 501 ]; then
+        unavailable="portvakt proxy mode not available (GET /go/$SERVICE answered 501)"
+    elif [ "${code:0:1}" != 3 ]; then
+        unavailable="GET /go/$SERVICE answered $code, not a redirect"
+    else
+        # Follow the entry link to the service host (/__portvakt/enter?t=…), keeping its cookies.
+        "${CURL[@]}" -L --max-redirs 5 -o /dev/null "http://$PUBLIC_HOST/go/$SERVICE"
+        cookie=$(awk -v d="$SERVICE_HOST" 'BEGIN { FS = "\t"; sub(/:.*/, "", d) }
+            NF >= 7 { dom = $1; sub(/^#HttpOnly_/, "", dom); sub(/^\./, "", dom)
+                      if (dom == d || ($2 == "TRUE" && substr(d, length(d) - length(dom)) == "." dom))
+                          printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$JAR")
+        check=$(curl -sS --max-time 30 -o "$TMP/$name.check.html" -w '%{http_code}' \
+            -H "Host: $SERVICE_HOST" -H "Cookie: $cookie" "http://127.0.0.1:$port$PATH_UNDER_TEST" || true)
+        if [ "$check" != 200 ]; then
+            unavailable="a proxied request with the service-host cookie answered $check, not 200"
+        elif ! grep -q "Lokalhistorie fra Vestfold" "$TMP/$name.check.html"; then
+            unavailable="a proxied request answered 200 but not with the origin's page"
+        fi
+    fi
+    PV_COOKIE[$name]=$cookie
+    PV_UNAVAILABLE[$name]=$unavailable
+    [ -n "$unavailable" ] && say "($name): $unavailable"
+    return 0
+}
+
+i=1
+for t in "${PV_TARGETS[@]}"; do
+    start_portvakt "$t" "${PORTS[$i]}" "${PORTS[$((i + 1))]}"
+    i=$((i + 2))
+done
+
+if [ "$CALLGRIND" = 1 ]; then
+    # Instructions per proxied request: zero the counters, switch instrumentation on for a
+    # closed-loop run (few connections: valgrind runs one thread at a time anyway), dump.
+    echo
+    echo "Instructions per proxied request (callgrind), $(date -u +%Y-%m-%dT%H:%MZ): $DURATION run, 8 connections"
+    for t in "${PV_TARGETS[@]}"; do
+        [ -n "${PV_UNAVAILABLE[$t]}" ] && { echo "$t: ${PV_UNAVAILABLE[$t]}"; continue; }
+        pid=${PV_PID[$t]}
+        args=(--url "http://127.0.0.1:${PV_PORT[$t]}$PATH_UNDER_TEST" --host "${PV_HOST[$t]}" --cookie "${PV_COOKIE[$t]}")
+        "${GEN_PIN[@]}" "$LOADGEN" closed "${args[@]}" --connections 8 --duration 2s --timeout 30s >/dev/null
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        line=$("${GEN_PIN[@]}" "$LOADGEN" closed "${args[@]}" --connections 8 --duration "$DURATION" --timeout 30s --label "$t")
+        callgrind_control -i off "$pid" >/dev/null 2>&1
+        callgrind_control -d "$pid" >/dev/null 2>&1
+        n=$(sed -n 's/.*"requests":\([0-9]*\).*/\1/p' <<<"$line")
+        ir=$(cat "$TMP/$t.callgrind.$pid".* 2>/dev/null | sed -n 's/^totals: *\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+        # CALLGRIND_OUT=dir keeps the dumps for callgrind_annotate.
+        [ -n "${CALLGRIND_OUT:-}" ] && mkdir -p "$CALLGRIND_OUT" && cp "$TMP/$t.callgrind.$pid".* "$CALLGRIND_OUT/"
+        awk -v t="$t" -v ir="$ir" -v n="$n" 'BEGIN { printf "%-15s %8d requests  %14d instructions  %10.0f instructions/request\n", t, n, ir, n ? ir / n : 0 }'
+    done
+    exit 0
 fi
-[ -n "$PV_UNAVAILABLE" ] && say "(c): $PV_UNAVAILABLE"
 
 # --- Runs ----------------------------------------------------------------------------------
 # run NAME MODE [loadgen args…]: warm-up for closed runs, then the measured run with the CPU
 # time of the server under test (and of the origin) read before and after.
 declare -A LINE SRV_CPU ORIGIN_CPU
-server_pid() { case "$1" in direct) echo "$ORIGIN_PID" ;; nginx) echo "$NGINX_PID" ;; portvakt) echo "$PV_PID" ;; esac; }
+server_pid() {
+    case "$1" in
+    direct) echo "$ORIGIN_PID" ;;
+    nginx) echo "$NGINX_PID" ;;
+    # With Redis, what it costs to serve is portvakt's CPU and redis-server's together.
+    portvakt-redis) echo "${PV_PID[$1]} $REDIS_PID" ;;
+    *) echo "${PV_PID[$1]}" ;;
+    esac
+}
 target_args() {
     case "$1" in
     direct) echo "--url http://127.0.0.1:$ORIGIN_PORT$PATH_UNDER_TEST" ;;
     nginx) echo "--url http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" ;;
-    portvakt) echo "--url http://127.0.0.1:$PV_PORT$PATH_UNDER_TEST --host $SERVICE_HOST" ;;
+    *) echo "--url http://127.0.0.1:${PV_PORT[$1]}$PATH_UNDER_TEST --host ${PV_HOST[$1]}" ;;
     esac
 }
-json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]}" | tr -d '"'; }
+json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]:-}" | tr -d '"'; }
 
 run() {
     local name=$1 mode=$2 pid s0 s1 o0 o1 n
     shift 2
     local args
     read -r -a args <<<"$(target_args "$name")"
-    [ "$name" = portvakt ] && args+=(--cookie "$PV_COOKIE")
+    case "$name" in portvakt*) args+=(--cookie "${PV_COOKIE[$name]}") ;; esac
     if [ "$mode" = closed ]; then
         "${GEN_PIN[@]}" "$LOADGEN" closed "${args[@]}" --connections "$CONNECTIONS" \
             --duration "$WARMUP" --label warmup >/dev/null || die "warm-up against $name failed"
     fi
     pid=$(server_pid "$name")
-    s0=$(cpu_ticks "$pid"); o0=$(cpu_ticks "$ORIGIN_PID")
+    # shellcheck disable=SC2086 # one or two pids
+    s0=$(cpu_ticks $pid); o0=$(cpu_ticks "$ORIGIN_PID")
     LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$mode" "$@" "${args[@]}" \
         --connections "$CONNECTIONS" --duration "$DURATION" --label "$name") ||
         die "the $mode run against $name failed"
-    s1=$(cpu_ticks "$pid"); o1=$(cpu_ticks "$ORIGIN_PID")
+    # shellcheck disable=SC2086
+    s1=$(cpu_ticks $pid); o1=$(cpu_ticks "$ORIGIN_PID")
     n=$(json "$name.$mode" requests)
     SRV_CPU[$name.$mode]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     ORIGIN_CPU[$name.$mode]=$(awk -v t=$((o1 - o0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
@@ -331,7 +430,9 @@ run() {
 }
 
 TARGETS=(direct nginx)
-[ -z "$PV_UNAVAILABLE" ] && TARGETS+=(portvakt)
+for t in "${PV_TARGETS[@]}"; do
+    [ -z "${PV_UNAVAILABLE[$t]}" ] && TARGETS+=("$t")
+done
 say "runs: $DURATION each (closed-loop runs after a $WARMUP warm-up), $CONNECTIONS connections"
 run direct closed
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
@@ -344,42 +445,48 @@ done
 # --- Report --------------------------------------------------------------------------------
 echo
 echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
-echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; page $(json direct.closed bytes_per_response) bytes"
+echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
 echo
-printf '%-9s %-7s %10s %9s %9s %9s %8s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req origin_us/req
-for t in direct nginx portvakt; do
+printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req origin_us/req
+for t in direct nginx "${PV_TARGETS[@]}"; do
     for m in closed rate; do
         if [ -z "${LINE[$t.$m]:-}" ]; then
-            printf '%-9s %-7s %s\n' "$t" "$m" "— ${PV_UNAVAILABLE:-not run}"
+            printf '%-14s %-7s %s\n' "$t" "$m" "— ${PV_UNAVAILABLE[$t]:-not run}"
             continue
         fi
         awk -v t="$t" -v m="$m" -v rps="$(json "$t.$m" rps)" -v p50="$(json "$t.$m" p50_us)" \
             -v p99="$(json "$t.$m" p99_us)" -v mx="$(json "$t.$m" max_us)" \
             -v err=$(($(json "$t.$m" errors) + $(json "$t.$m" non_2xx))) \
             -v cpu="${SRV_CPU[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
-            'BEGIN { printf "%-9s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
+            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
     done
 done
-echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt —"
-echo " user+system CPU time during the run divided by the requests; origin_us/req: the origin's)"
+echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt,"
+echo " portvakt and redis-server together for portvakt-redis — user+system CPU time during the run"
+echo " divided by the requests; origin_us/req: the origin's)"
 echo
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
 verdict() { awk -v v="$1" -v lim="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= lim : v <= lim; print ok ? "met" : "NOT met" }'; }
 echo "nginx/direct throughput (closed):   $(ratio "$(json nginx.closed rps)" "$(json direct.closed rps)")"
-if [ -n "$PV_UNAVAILABLE" ]; then
-    echo "portvakt targets: not measured — $PV_UNAVAILABLE"
-else
-    r1=$(ratio "$(json portvakt.closed rps)" "$(json nginx.closed rps)")
-    r2=$(ratio "${SRV_CPU[portvakt.closed]}" "${SRV_CPU[nginx.closed]}")
-    d=$(awk -v a="$(json portvakt.rate p99_us)" -v b="$(json direct.rate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
-    echo "portvakt/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
-    echo "portvakt/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
-    echo "portvakt p99 - direct p99 at $RATE/s: $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
+for t in "${PV_TARGETS[@]}"; do
+    if [ -n "${PV_UNAVAILABLE[$t]}" ]; then
+        echo "$t targets: not measured — ${PV_UNAVAILABLE[$t]}"
+        continue
+    fi
+    r1=$(ratio "$(json "$t.closed" rps)" "$(json nginx.closed rps)")
+    r2=$(ratio "${SRV_CPU[$t.closed]}" "${SRV_CPU[nginx.closed]}")
+    d=$(awk -v a="$(json "$t.rate" p99_us)" -v b="$(json direct.rate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+    echo "$t/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
+    echo "$t/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
+    echo "$t p99 - direct p99 at $RATE/s: $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
+done
+if [ "$STORE" = both ] && [ -n "${LINE[portvakt.closed]:-}" ] && [ -n "${LINE[portvakt-redis.closed]:-}" ]; then
+    echo "portvakt-redis/portvakt (memory): throughput $(ratio "$(json portvakt-redis.closed rps)" "$(json portvakt.closed rps)"), CPU per request $(ratio "${SRV_CPU[portvakt-redis.closed]}" "${SRV_CPU[portvakt.closed]}"), p99 at $RATE/s $(ratio "$(json portvakt-redis.rate p99_us)" "$(json portvakt.rate p99_us)")"
 fi
 echo
 echo "raw (loadgen JSON lines):"
-for t in direct nginx portvakt; do
+for t in direct nginx "${PV_TARGETS[@]}"; do
     for m in closed rate; do
         [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
     done

@@ -48,6 +48,8 @@ pub struct App {
     binding_key: Hmac<Sha256>,
     /// Per-person, per-service request rates (`rate_per_user`); cluster-wide with Redis.
     pub rate_limits: crate::service_host::RateLimits,
+    /// Released attribute headers per session and service (the pseudonym is an HMAC).
+    pub release_cache: crate::service_host::ReleaseCache,
     /// `bib.example.no` or `bib.localhost:8080`, lower case.
     pub public_host: String,
     pub public_scheme: Scheme,
@@ -198,6 +200,7 @@ impl App {
             csrf_key,
             binding_key,
             rate_limits,
+            release_cache: Default::default(),
             public_host: parts.public_host.to_ascii_lowercase(),
             secure_cookies: parts.public_scheme == Scheme::Https,
             public_scheme: parts.public_scheme,

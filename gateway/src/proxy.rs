@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use http::header::{HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper_rustls::HttpsConnector;
@@ -231,8 +232,9 @@ pub struct Forward<'a> {
     pub hosts: &'a Arc<HostMap>,
     /// The service whose origins are rewritten (only its own, never another's).
     pub service: &'a str,
-    /// The released attributes, `(name, value)`, sent as `X-Portvakt-<Name>`.
-    pub release: Vec<(String, String)>,
+    /// The released attributes as their `X-Portvakt-<Name>` headers
+    /// ([`release_headers`]).
+    pub release: &'a [(HeaderName, HeaderValue)],
     /// Names of the gateway's own cookies: removed from `Cookie`, and a vendor's
     /// `Set-Cookie` of the same name is dropped so it cannot overwrite them.
     pub gateway_cookies: &'a [String],
@@ -287,14 +289,21 @@ fn upstream_uri(
     if http1 && (target.scheme().is_some() || target.authority().is_some()) {
         return Err(ProxyError::BadRequest("absolute-form request target"));
     }
-    let pq = target.path_and_query().map_or("/", PathAndQuery::as_str);
-    if !pq.starts_with('/') {
+    let pq = target
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !pq.as_str().starts_with('/') {
         return Err(ProxyError::BadRequest("request target is not origin-form"));
     }
-    let base = origin.origin().ascii_serialization();
-    format!("{base}{pq}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| ProxyError::Internal(e.to_string()))
+    // Scheme and authority from the origin as `Url` serializes it (punycode, no default
+    // port); the target's path and query as they came, without a copy.
+    Uri::builder()
+        .scheme(origin.scheme())
+        .authority(&origin[url::Position::BeforeHost..url::Position::AfterPort])
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
 /// Sorts a client error by cause: the hyper-util error wraps the connector's or hyper's.
@@ -329,6 +338,33 @@ fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
     }
 }
 
+/// The released attributes, `(name, value)`, as the headers [`Forward::release`] takes:
+/// computed once where they can be kept (per session and service), not per request.
+/// Bytes, not str, for the value: one may be UTF-8 (a name with ø); only CR, LF and NUL
+/// are refused, and such a value is left out rather than sent broken.
+pub fn release_headers<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    attributes
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let header = match name {
+                "pseudonym" => Some(HeaderName::from_static("x-portvakt-pseudonym")),
+                "institution" => Some(HeaderName::from_static("x-portvakt-institution")),
+                "affiliation" => Some(HeaderName::from_static("x-portvakt-affiliation")),
+                _ => HeaderName::from_bytes(release_header_name(name).as_bytes()).ok(),
+            };
+            match (header, HeaderValue::from_bytes(value.as_bytes())) {
+                (Some(k), Ok(v)) => Some((k, v)),
+                _ => {
+                    tracing::warn!(attribute = %name, "released attribute not sendable as a header");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// `x-portvakt-<name>`: the header for a released attribute. `age_over_18` becomes
 /// `X-Portvakt-Age-Over-18` (title case per `_`-separated word, as the spec writes it;
 /// on the wire header names are case-insensitive and HTTP/2 lowercases them anyway).
@@ -345,4 +381,55 @@ pub fn release_header_name(attribute: &str) -> String {
         })
         .collect();
     format!("X-Portvakt-{}", words.join("-"))
+}
+
+/// The proxy's inner steps, for `benches/proxy.rs`; not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::sync::Arc;
+
+    use http::{HeaderMap, Method};
+
+    use super::headers::{Coding, HtmlPlan};
+    use super::{Forward, HostMap, ProxyError};
+
+    /// A whole HTML body, gzip-encoded or not, through the decoder and rewriter as
+    /// [`super::forward`] streams it, chunk by chunk.
+    pub fn rewrite_html(
+        hosts: &Arc<HostMap>,
+        service: &str,
+        gzip: bool,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<u8>, ProxyError> {
+        let plan = HtmlPlan {
+            coding: if gzip { Coding::Gzip } else { Coding::Identity },
+            charset: None,
+        };
+        super::html::rewrite_body(&plan, hosts, service, chunks)
+    }
+
+    /// [`rewrite_html`] with one selector and handler per attribute, as before.
+    pub fn rewrite_html_per_selector(
+        hosts: &Arc<HostMap>,
+        service: &str,
+        gzip: bool,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<u8>, ProxyError> {
+        let plan = HtmlPlan {
+            coding: if gzip { Coding::Gzip } else { Coding::Identity },
+            charset: None,
+        };
+        super::html::rewrite_body_per_selector(&plan, hosts, service, chunks)
+    }
+
+    pub fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
+        super::headers::scrub_request(h, f);
+    }
+
+    /// Whether the body would be rewritten.
+    pub fn rewrite_response(parts: &mut http::response::Parts, f: &Forward<'_>) -> bool {
+        super::headers::rewrite_response(parts, &Method::GET, f)
+            .html
+            .is_some()
+    }
 }

@@ -155,6 +155,74 @@ impl RateLimits {
     }
 }
 
+/// The released attributes as headers, per session and service, so the pseudonym's HMAC
+/// and the headers are made once per session rather than on every request. An entry holds
+/// for the policy it was made under (a reload makes new ones), the permit's institution and
+/// day (an age turns over at midnight); the subject is the session's and does not change.
+/// Bounded: emptied when it passes [`ReleaseCache::MAX_SESSIONS`] sessions.
+#[derive(Default)]
+pub struct ReleaseCache {
+    by_session: Mutex<HashMap<String, Vec<ReleaseEntry>>>,
+}
+
+struct ReleaseEntry {
+    /// Compared by address; the `Weak` keeps the address from being reused by a new policy.
+    policy: std::sync::Weak<crate::policy::Policy>,
+    service: crate::ids::ServiceId,
+    institution: u32,
+    day: jiff::civil::Date,
+    headers: Arc<[(http::HeaderName, HeaderValue)]>,
+}
+
+impl std::fmt::Debug for ReleaseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseCache")
+    }
+}
+
+impl ReleaseCache {
+    pub const MAX_SESSIONS: usize = 100_000;
+
+    fn get_or_insert(
+        &self,
+        session: &str,
+        policy: &Arc<crate::policy::Policy>,
+        permit: &crate::policy::Permit,
+        make: impl FnOnce() -> Vec<(http::HeaderName, HeaderValue)>,
+    ) -> Arc<[(http::HeaderName, HeaderValue)]> {
+        let matches = |e: &ReleaseEntry| {
+            std::ptr::eq(e.policy.as_ptr(), Arc::as_ptr(policy))
+                && e.service == permit.service
+                && e.institution == permit.inst_idx
+                && e.day == permit.day
+        };
+        if let Ok(map) = self.by_session.lock()
+            && let Some(e) = map
+                .get(session)
+                .and_then(|es| es.iter().find(|e| matches(e)))
+        {
+            return Arc::clone(&e.headers);
+        }
+        let headers: Arc<[_]> = make().into();
+        if let Ok(mut map) = self.by_session.lock() {
+            if map.len() >= Self::MAX_SESSIONS {
+                map.clear();
+            }
+            let entries = map.entry(session.to_owned()).or_default();
+            // Entries of an older policy, institution or day are never used again.
+            entries.retain(|e| e.service != permit.service);
+            entries.push(ReleaseEntry {
+                policy: Arc::downgrade(policy),
+                service: permit.service.clone(),
+                institution: permit.inst_idx,
+                day: permit.day,
+                headers: Arc::clone(&headers),
+            });
+        }
+        headers
+    }
+}
+
 /// `count` per `per`, as a steady rate with a burst of `count`.
 fn quota(rate: Rate) -> Quota {
     let count = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
@@ -166,14 +234,12 @@ fn quota(rate: Rate) -> Quota {
 
 /// Handles one request on a service host.
 pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Response {
-    let headers = req.headers().clone();
-    let t = pages::language(&headers, None);
+    let t = pages::language(req.headers(), None);
     let policy = app.policy();
     let Some((svc, proxy, origin)) = policy.proxy_origin(&label) else {
         return pipeline::not_found_page(t);
     };
     let service = svc.id.to_string();
-    let origin = origin.clone();
     let peer = req.extensions().get::<Peer>().copied();
 
     if req.uri().path() == ENTER_PATH {
@@ -192,7 +258,8 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         pipeline::see_other(&location)
     };
 
-    let Some(session_id) = session_from_cookie(&app, &headers, &label) else {
+    let headers = req.headers();
+    let Some(session_id) = session_from_cookie(&app, headers, &label) else {
         return back_to_entry();
     };
     let data = match app.store.get_session(&session_id, app.clock.now()).await {
@@ -211,7 +278,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
     };
     let subject = data.subject();
     let ip = match peer {
-        Some(p) => app.client_ip(p.0.ip(), &headers),
+        Some(p) => app.client_ip(p.0.ip(), headers),
         None => return pipeline::not_found_page(t),
     };
     let decision = crate::policy::decide(
@@ -228,7 +295,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
             return pipeline::deny(
                 &app,
                 t,
-                &headers,
+                headers,
                 &service,
                 &credited,
                 Some(&subject),
@@ -245,25 +312,32 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         return pipeline::deny(
             &app,
             t,
-            &headers,
+            headers,
             &service,
             permit.institution.as_str(),
             Some(&subject),
             DenyReason::RateLimited,
         );
     }
-    let released = crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
-    let attributes: Vec<(String, String)> = released
-        .attributes
-        .iter()
-        .map(|(a, v)| (a.name(), v.as_text()))
-        .collect();
+    let session = session_id.expose();
+    let release = app
+        .release_cache
+        .get_or_insert(&session, &policy, &permit, || {
+            let released =
+                crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
+            let attributes: Vec<(String, String)> = released
+                .attributes
+                .iter()
+                .map(|(a, v)| (a.name(), v.as_text()))
+                .collect();
+            crate::proxy::release_headers(attributes.iter().map(|(a, v)| (a.as_str(), v.as_str())))
+        });
     let hosts = app.hosts();
     let forward = crate::proxy::Forward {
-        origin: &origin,
+        origin,
         hosts: &hosts,
         service: &service,
-        release: attributes,
+        release: &release,
         gateway_cookies: &app.gateway_cookies,
         timeouts: Default::default(),
     };
@@ -278,7 +352,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         session: if kind == crate::counting::Kind::Plain {
             String::new()
         } else {
-            session_id.expose()
+            session
         },
         kind,
     };

@@ -37,6 +37,7 @@ struct Setup {
     hosts: Arc<HostMap>,
     up: Upstreams,
     cookies: Vec<String>,
+    release: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 async fn setup_with(scheme: Scheme) -> Setup {
@@ -62,6 +63,10 @@ async fn setup_with(scheme: Scheme) -> Setup {
         hosts: Arc::new(hosts),
         up: Upstreams::new(&UpstreamSettings::default()).unwrap(),
         cookies: vec!["portvakt_session".into(), "__Host-portvakt".into()],
+        release: gateway::proxy::release_headers([
+            ("pseudonym", "p5eudonym-real"),
+            ("age_over_18", "true"),
+        ]),
     }
 }
 
@@ -75,10 +80,7 @@ impl Setup {
             origin: &self.main_url,
             hosts: &self.hosts,
             service: "avis",
-            release: vec![
-                ("pseudonym".into(), "p5eudonym-real".into()),
-                ("age_over_18".into(), "true".into()),
-            ],
+            release: &self.release,
             gateway_cookies: &self.cookies,
             timeouts: Timeouts::default(),
         }
@@ -633,7 +635,7 @@ async fn https_origins_speak_http2_by_alpn_and_need_a_trusted_certificate() {
         origin: &origin,
         hosts: &hosts,
         service: "tls",
-        release: Vec::new(),
+        release: &[],
         gateway_cookies: &cookies,
         timeouts: Timeouts::default(),
     };

@@ -37,28 +37,30 @@ const CLIENT_ADDRESS: &[&str] = &[
     "via",
 ];
 
+const REFRESH: HeaderName = HeaderName::from_static("refresh");
+
 /// The content codings we can decode, so an HTML body can always be rewritten.
 const DECODABLE: &[&str] = &["gzip", "x-gzip", "deflate", "br", "identity"];
 
-fn is_hop_by_hop(name: &str, named_by_connection: &[String]) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || name.starts_with("proxy-")
-        || named_by_connection.iter().any(|n| n == name)
+fn is_hop_by_hop(h: &HeaderMap, name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || named_by_connection(h, name)
 }
 
-/// The header names a `Connection` header lists: hop-by-hop by the sender's say-so.
-fn connection_tokens(h: &HeaderMap) -> Vec<String> {
+/// Whether a `Connection` header lists `name` (lowercase): hop-by-hop by the sender's
+/// say-so. Read in place for each header rather than collected, as most messages have at
+/// most `Connection: keep-alive`.
+fn named_by_connection(h: &HeaderMap, name: &str) -> bool {
     h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+        .any(|t| t.trim().eq_ignore_ascii_case(name))
 }
 
-fn remove_where(h: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
-    let doomed: Vec<HeaderName> = h.keys().filter(|k| pred(k.as_str())).cloned().collect();
+/// Removes every header `pred` picks. `HeaderMap` has no `retain`; the names are gathered
+/// first, into a `Vec` that allocates only when something is removed.
+fn remove_where(h: &mut HeaderMap, pred: impl Fn(&HeaderMap, &str) -> bool) {
+    let doomed: Vec<HeaderName> = h.keys().filter(|k| pred(h, k.as_str())).cloned().collect();
     for k in doomed {
         h.remove(k);
     }
@@ -67,11 +69,10 @@ fn remove_where(h: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
 /// Makes the patron's request fit to leave for the vendor (see the module docs of
 /// `proxy.rs` for the list and the reasons).
 pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
-    let named = connection_tokens(h);
-    remove_where(h, |k| {
-        is_hop_by_hop(k, &named)
-            // The client sets Host (HTTP/1) or :authority (HTTP/2) from the origin URI.
-            || k == "host"
+    // The client sets Host (HTTP/1) or :authority (HTTP/2) from the origin URI.
+    h.remove(header::HOST);
+    remove_where(h, |h, k| {
+        is_hop_by_hop(h, k)
             || k.starts_with("x-forwarded-")
             || CLIENT_ADDRESS.contains(&k)
             // Only the gateway says what is released; a patron could forge these.
@@ -81,75 +82,82 @@ pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
     scrub_cookies(h, f.gateway_cookies);
     scrub_referer(h, header::REFERER, f.hosts, f.service);
     scrub_referer(h, header::ORIGIN, f.hosts, f.service);
+    scrub_accept_encoding(h);
 
-    let accept: Vec<String> = h
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            let coding = t
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            DECODABLE.contains(&coding.as_str())
-        })
-        .map(str::to_owned)
-        .collect();
-    if h.contains_key(header::ACCEPT_ENCODING) {
-        let value = if accept.is_empty() {
-            "identity".to_owned()
-        } else {
-            accept.join(", ")
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(header::ACCEPT_ENCODING, v);
-        }
+    for (name, value) in f.release {
+        h.append(name.clone(), value.clone());
     }
+}
 
-    for (name, value) in &f.release {
-        let header = super::release_header_name(name);
-        // Bytes, not str: a value may be UTF-8 (a name with ø); only CR, LF and NUL are
-        // refused, and such a value is left out rather than sent broken.
-        match (
-            HeaderName::from_bytes(header.as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            (Ok(k), Ok(v)) => {
-                h.append(k, v);
-            }
-            _ => tracing::warn!(attribute = %name, "released attribute not sendable as a header"),
-        }
+/// `Accept-Encoding` cut down to the codings we can decode (else `identity`), so an HTML
+/// body can always be rewritten. Left as it is when it already asks for nothing else.
+fn scrub_accept_encoding(h: &mut HeaderMap) {
+    let decodable = |t: &str| {
+        let c = t.split(';').next().unwrap_or("").trim();
+        DECODABLE.iter().any(|d| d.eq_ignore_ascii_case(c))
+    };
+    let mut values = h.get_all(header::ACCEPT_ENCODING).iter();
+    let tokens = || {
+        h.get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    let Some(first) = values.next() else {
+        return;
+    };
+    let one_text_value = values.next().is_none() && first.to_str().is_ok();
+    if one_text_value && tokens().all(|t| t.is_empty() || decodable(t)) {
+        return;
     }
+    let accept: Vec<&str> = tokens().filter(|t| !t.is_empty() && decodable(t)).collect();
+    let value = if accept.is_empty() {
+        HeaderValue::from_static("identity")
+    } else {
+        match HeaderValue::from_str(&accept.join(", ")) {
+            Ok(v) => v,
+            Err(_) => HeaderValue::from_static("identity"),
+        }
+    };
+    h.insert(header::ACCEPT_ENCODING, value);
 }
 
 /// Removes the gateway's cookies from `Cookie`, keeping the vendor's own; merges
 /// several `Cookie` headers (HTTP/2 splits them) into one, as HTTP/1 requires.
 fn scrub_cookies(h: &mut HeaderMap, gateway: &[String]) {
-    if !h.contains_key(header::COOKIE) {
+    let ours = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or("").trim();
+        gateway.iter().any(|g| g == name)
+    };
+    let mut values = h.get_all(header::COOKIE).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    let pairs = || {
+        h.get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+    };
+    // One header of text without ours (the common case but for our own hosts): as it is.
+    if values.next().is_none() && first.to_str().is_ok() && !pairs().any(ours) {
         return;
     }
-    let kept: Vec<String> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .filter(|c| {
-            let name = c.split('=').next().unwrap_or("").trim();
-            !gateway.iter().any(|g| g == name)
-        })
-        .map(str::to_owned)
-        .collect();
+    let mut kept = String::new();
+    for pair in pairs().filter(|c| !ours(c)) {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
+    let value = HeaderValue::from_str(&kept)
+        .ok()
+        .filter(|_| !kept.is_empty());
     h.remove(header::COOKIE);
-    if kept.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+    if let Some(v) = value {
         h.insert(header::COOKIE, v);
     }
 }
@@ -225,16 +233,13 @@ pub(super) fn rewrite_response(
     f: &Forward<'_>,
 ) -> Plan {
     let h = &mut parts.headers;
-    let named = connection_tokens(h);
     // Alt-Svc would point the browser at the vendor's other endpoints for our host.
-    remove_where(h, |k| is_hop_by_hop(k, &named) || k == "alt-svc");
+    remove_where(h, |h, k| is_hop_by_hop(h, k) || k == "alt-svc");
 
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         rewrite_each(h, name, |v| f.hosts.rewrite_link(f.service, v));
     }
-    rewrite_each(h, HeaderName::from_static("refresh"), |v| {
-        rewrite_refresh(f.hosts, f.service, v)
-    });
+    rewrite_each(h, REFRESH, |v| rewrite_refresh(f.hosts, f.service, v));
     rewrite_set_cookies(h, f.hosts.scheme(), f.gateway_cookies);
 
     let plan = plan_body(h, parts.status);
@@ -251,7 +256,7 @@ pub(super) fn rewrite_response(
         ] {
             h.remove(k);
         }
-        remove_where(h, |k| {
+        remove_where(h, |_, k| {
             matches!(
                 k,
                 "content-md5" | "digest" | "content-digest" | "repr-digest"
@@ -271,8 +276,10 @@ fn plan_body(h: &HeaderMap, status: StatusCode) -> Option<HtmlPlan> {
     }
     let ct = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let mut params = ct.split(';');
-    let essence = params.next()?.trim().to_ascii_lowercase();
-    if essence != "text/html" && essence != "application/xhtml+xml" {
+    let essence = params.next()?.trim();
+    if !essence.eq_ignore_ascii_case("text/html")
+        && !essence.eq_ignore_ascii_case("application/xhtml+xml")
+    {
         return None;
     }
     let charset = params
@@ -286,23 +293,27 @@ fn plan_body(h: &HeaderMap, status: StatusCode) -> Option<HtmlPlan> {
         Some(Some(e)) => Some(e),
         None => None,
     };
-    let codings: Vec<String> = h
+    let mut codings = h
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "identity")
-        .collect();
-    let coding = match codings.as_slice() {
-        [] => Coding::Identity,
-        [one] => match one.as_str() {
-            "gzip" | "x-gzip" => Coding::Gzip,
-            "deflate" => Coding::Deflate,
-            "br" => Coding::Brotli,
-            // Not ours to decode (zstd despite our Accept-Encoding): passed on untouched.
-            _ => return None,
-        },
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    let coding = match (codings.next(), codings.next()) {
+        (None, _) => Coding::Identity,
+        (Some(one), None) => {
+            if one.eq_ignore_ascii_case("gzip") || one.eq_ignore_ascii_case("x-gzip") {
+                Coding::Gzip
+            } else if one.eq_ignore_ascii_case("deflate") {
+                Coding::Deflate
+            } else if one.eq_ignore_ascii_case("br") {
+                Coding::Brotli
+            } else {
+                // Not ours to decode (zstd despite our Accept-Encoding): passed on untouched.
+                return None;
+            }
+        }
         // Stacked codings are legal but unseen in practice; not worth a decoder chain.
         _ => return None,
     };

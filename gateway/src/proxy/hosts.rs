@@ -56,7 +56,7 @@ pub struct HostMap {
     scheme: Scheme,
     by_label: HashMap<String, ServiceHost>,
     /// Per service: each origin and the service host (`label.public_host`) it maps to.
-    by_service: HashMap<String, Vec<(Origin, String)>>,
+    by_service: HashMap<String, Vec<LinkTarget>>,
 }
 
 impl HostMap {
@@ -111,11 +111,26 @@ impl HostMap {
                 second: service.to_string(),
             });
         }
-        let host = format!("{label}.{}", self.public_host);
+        let service_host = format!("{label}.{}", self.public_host);
+        let (scheme, default_port) = if url.scheme() == "https" {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
+        let target = LinkTarget {
+            scheme,
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port_or_known_default().unwrap_or(default_port),
+            default_port,
+            absolute: format!("{}://{service_host}", self.scheme.as_str()),
+            relative: format!("//{service_host}"),
+            service_host,
+            origin,
+        };
         self.by_service
             .entry(service.to_string())
             .or_default()
-            .push((origin, host));
+            .push(target);
         // Only the origin is kept: a stray path in the config must not prefix requests.
         let origin_url = Url::parse(&url.origin().ascii_serialization()).unwrap_or(url);
         self.by_label.insert(
@@ -172,8 +187,8 @@ impl HostMap {
         self.by_service
             .get(service)?
             .iter()
-            .find(|(o, _)| o == origin)
-            .map(|(_, h)| h.as_str())
+            .find(|t| t.origin == *origin)
+            .map(|t| t.service_host.as_str())
     }
 
     /// `url` moved onto its service host, when its origin is one of `service`'s.
@@ -207,6 +222,12 @@ impl HostMap {
     /// the authority so that the rest (entities, odd escapes) stays byte for byte. `None`:
     /// relative, foreign, or not a URL we understand; leave it alone.
     pub fn rewrite_link(&self, service: &str, raw: &str) -> Option<String> {
+        self.rewrite_link_with(service, raw, true)
+    }
+
+    /// `fast`: compare the authority's bytes with the origins' where that decides (see
+    /// [`SimpleAuthority`]); else, and always when `fast` is off, through `Url::parse`.
+    fn rewrite_link_with(&self, service: &str, raw: &str, fast: bool) -> Option<String> {
         // Browsers strip leading and trailing ASCII whitespace from URL attributes.
         let lead = raw.len() - raw.trim_start().len();
         let s = &raw[lead..];
@@ -228,29 +249,130 @@ impl HostMap {
             return None;
         }
         let candidates = self.by_service.get(service)?;
-        let host = match scheme {
-            Some(scheme) => {
-                let origin = Url::parse(&format!("{scheme}://{authority}/"))
-                    .ok()?
-                    .origin();
-                self.service_host(service, &origin)?
-            }
-            // Protocol-relative: resolved against the page, which came from one of the
-            // vendor's origins, so each origin is tried with its own scheme.
-            None => candidates.iter().find_map(|(o, h)| {
-                let Origin::Tuple(scheme, ..) = o else {
-                    return None;
-                };
-                let parsed = Url::parse(&format!("{scheme}://{authority}/")).ok()?;
-                (parsed.origin() == *o).then_some(h.as_str())
+        let simple = if fast {
+            SimpleAuthority::parse(authority)
+        } else {
+            None
+        };
+        let target = match simple {
+            Some(a) => candidates.iter().find(|t| {
+                scheme.is_none_or(|s| s == t.scheme)
+                    && a.port.unwrap_or(t.default_port) == t.port
+                    && a.host.eq_ignore_ascii_case(&t.host)
             })?,
+            None => match scheme {
+                Some(scheme) => {
+                    let origin = Url::parse(&format!("{scheme}://{authority}/"))
+                        .ok()?
+                        .origin();
+                    candidates.iter().find(|t| t.origin == origin)?
+                }
+                // Protocol-relative: resolved against the page, which came from one of the
+                // vendor's origins, so each origin is tried with its own scheme.
+                None => candidates.iter().find(|t| {
+                    Url::parse(&format!("{}://{authority}/", t.scheme))
+                        .is_ok_and(|u| u.origin() == t.origin)
+                })?,
+            },
         };
         let prefix = match scheme {
-            Some(_) => format!("{}://", self.scheme.as_str()),
-            None => "//".to_owned(),
+            Some(_) => &target.absolute,
+            None => &target.relative,
         };
-        Some(format!("{}{prefix}{host}{tail}", &raw[..lead]))
+        let mut out = String::with_capacity(lead + prefix.len() + tail.len());
+        out.push_str(&raw[..lead]);
+        out.push_str(prefix);
+        out.push_str(tail);
+        Some(out)
     }
+
+    /// [`Self::rewrite_link`] through `Url::parse` alone: the reference the fast matcher is
+    /// tested against, and the benchmark's "before".
+    #[doc(hidden)]
+    pub fn rewrite_link_by_url(&self, service: &str, raw: &str) -> Option<String> {
+        self.rewrite_link_with(service, raw, false)
+    }
+}
+
+/// One of a service's origins, as links are matched against it and rewritten to it.
+#[derive(Debug)]
+struct LinkTarget {
+    origin: Origin,
+    /// `http` or `https`, the origin's.
+    scheme: &'static str,
+    /// The origin's host as `Url` serializes it: lowercase, punycode, `[…]` for IPv6.
+    host: String,
+    /// The origin's port, its scheme's default when it has none.
+    port: u16,
+    default_port: u16,
+    /// `label.public_host`.
+    service_host: String,
+    /// `<gateway scheme>://label.public_host` and `//label.public_host`.
+    absolute: String,
+    relative: String,
+}
+
+/// An authority (`host[:port]`) spelt so that comparing its bytes, case aside, with an
+/// origin's serialized host decides the same as `Url::parse` would: letters, digits, `.`
+/// and `-` only, and if it might be read as an IPv4 address (the last label begins with a
+/// digit), exactly the dotted quad `Url` would write. Anything else (percent escapes,
+/// non-ASCII, IPv6, `127.1`, `0x7f.0.0.1`, odd ports) goes through `Url::parse`.
+#[derive(Clone, Copy, Debug)]
+struct SimpleAuthority<'a> {
+    host: &'a str,
+    /// `None`: no port, or an empty one (`host:`), which means the default.
+    port: Option<u16>,
+}
+
+impl<'a> SimpleAuthority<'a> {
+    fn parse(authority: &'a str) -> Option<Self> {
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return None;
+        }
+        let last = host
+            .strip_suffix('.')
+            .unwrap_or(host)
+            .rsplit('.')
+            .next()
+            .unwrap_or("");
+        if (last.is_empty() || last.as_bytes()[0].is_ascii_digit()) && !is_dotted_quad(host) {
+            return None;
+        }
+        let port = match port {
+            None | Some("") => None,
+            Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse::<u16>().ok()?)
+            }
+            Some(_) => return None,
+        };
+        Some(Self { host, port })
+    }
+}
+
+/// `a.b.c.d`, each 0–255 in decimal without leading zeros: an IPv4 address as `Url`
+/// serializes it.
+fn is_dotted_quad(host: &str) -> bool {
+    let mut n = 0;
+    for part in host.split('.') {
+        n += 1;
+        let ok = !part.is_empty()
+            && part.len() <= 3
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part.len() == 1 || !part.starts_with('0'))
+            && part.parse::<u16>().is_ok_and(|v| v <= 255);
+        if !ok {
+            return false;
+        }
+    }
+    n == 4
 }
 
 fn default_port(s: Scheme) -> u16 {

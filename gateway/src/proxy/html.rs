@@ -158,7 +158,7 @@ impl OutputSink for Sink {
 }
 
 /// Decoding and rewriting of one HTML body.
-struct HtmlStream {
+pub(super) struct HtmlStream {
     decoder: Decoder,
     /// `None` once lol_html gave up (its memory limit): the rest passes through as decoded.
     rewriter: Option<HtmlRewriter<'static, Sink>>,
@@ -166,9 +166,12 @@ struct HtmlStream {
 }
 
 impl HtmlStream {
-    fn new(plan: &HtmlPlan, hosts: Arc<HostMap>, service: String) -> Self {
+    pub(super) fn new(plan: &HtmlPlan, hosts: Arc<HostMap>, service: String) -> Self {
+        Self::with_settings(plan, settings(plan, &hosts, &service))
+    }
+
+    fn with_settings(plan: &HtmlPlan, settings: Settings<'static, 'static>) -> Self {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let settings = settings(plan, &hosts, &service);
         let rewriter = HtmlRewriter::new(settings, Sink(Arc::clone(&out)));
         Self {
             decoder: Decoder::new(plan.coding),
@@ -183,13 +186,18 @@ impl HtmlStream {
         ))
     }
 
-    fn push(&mut self, data: &[u8]) -> Result<Bytes, ProxyError> {
+    pub(super) fn push(&mut self, data: &[u8]) -> Result<Bytes, ProxyError> {
         let decoded = self.decoder.decode(data).map_err(ProxyError::Decode)?;
+        // Room for the page and a little growth, so the sink does not grow step by step.
+        self.out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(decoded.len() + decoded.len() / 8);
         self.rewrite(&decoded)?;
         Ok(self.take())
     }
 
-    fn finish(&mut self) -> Result<Bytes, ProxyError> {
+    pub(super) fn finish(&mut self) -> Result<Bytes, ProxyError> {
         let rest = self.decoder.finish().map_err(ProxyError::Decode)?;
         self.rewrite(&rest)?;
         if let Some(r) = self.rewriter.take() {
@@ -226,12 +234,22 @@ impl HtmlStream {
     }
 }
 
-/// The URL attributes rewritten on any element that has them.
-const URL_ATTRIBUTES: &[&str] = &["href", "src", "action", "formaction", "poster", "data"];
-const SRCSET_ATTRIBUTES: &[&str] = &["srcset", "imagesrcset"];
-
 fn settings(plan: &HtmlPlan, hosts: &Arc<HostMap>, service: &str) -> Settings<'static, 'static> {
-    let mut s = Settings::new_send()
+    let s = base_settings(plan);
+    let Some(all) = all_elements() else {
+        tracing::error!("the rewriter's selector does not parse");
+        return s;
+    };
+    let (hosts, service) = (Arc::clone(hosts), service.to_owned());
+    s.append_element_content_handler((
+        Cow::Borrowed(all),
+        ElementContentHandlers::default()
+            .element(move |el: &mut Element<'_, '_>| rewrite_element(&hosts, &service, el)),
+    ))
+}
+
+fn base_settings(plan: &HtmlPlan) -> Settings<'static, 'static> {
+    let s = Settings::new_send()
         // Non-strict: on markup lol_html finds ambiguous it carries on rather than failing
         // the page; at worst a link there stays unrewritten.
         .with_strict(false)
@@ -241,85 +259,204 @@ fn settings(plan: &HtmlPlan, hosts: &Arc<HostMap>, service: &str) -> Settings<'s
                 .with_graceful_bail_out_on_memory_limit_exceeded(true),
         );
     match plan.charset.and_then(AsciiCompatibleEncoding::new) {
-        Some(e) => s = s.with_encoding(e),
-        None => s = s.with_adjust_charset_on_meta_tag(true),
+        Some(e) => s.with_encoding(e),
+        None => s.with_adjust_charset_on_meta_tag(true),
     }
+}
+
+/// A whole body through [`HtmlStream`], chunk by chunk: for tests and the benchmark.
+pub(super) fn rewrite_body(
+    plan: &HtmlPlan,
+    hosts: &Arc<HostMap>,
+    service: &str,
+    chunks: &[&[u8]],
+) -> Result<Vec<u8>, ProxyError> {
+    collect(
+        HtmlStream::new(plan, Arc::clone(hosts), service.to_owned()),
+        chunks,
+    )
+}
+
+fn collect(mut stream: HtmlStream, chunks: &[&[u8]]) -> Result<Vec<u8>, ProxyError> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(&stream.push(c)?);
+    }
+    out.extend_from_slice(&stream.finish()?);
+    Ok(out)
+}
+
+/// The rewriter as it was before one handler for all elements (a `[attr]` selector and
+/// handler per attribute, `meta[http-equiv][content]` for refresh, selectors parsed per
+/// page): the reference the tests compare the single handler with, and the benchmark's
+/// "before".
+pub(super) fn rewrite_body_per_selector(
+    plan: &HtmlPlan,
+    hosts: &Arc<HostMap>,
+    service: &str,
+    chunks: &[&[u8]],
+) -> Result<Vec<u8>, ProxyError> {
+    use std::sync::OnceLock;
     type Rewrite = fn(&HostMap, &str, &str) -> Option<String>;
-    let link: Rewrite = |h, svc, v| h.rewrite_link(svc, v);
-    let mut rules: Vec<(&'static str, &'static str, Rewrite)> =
-        URL_ATTRIBUTES.iter().map(|&a| (a, a, link)).collect();
-    rules.extend(
-        SRCSET_ATTRIBUTES
-            .iter()
-            .map(|&a| (a, a, rewrite_srcset as Rewrite)),
-    );
-    rules.push(("style", "style", rewrite_css_urls));
-    for (selector_attr, attr, rewrite) in rules {
+    // Parsed once per process, as they were.
+    static SELECTORS: OnceLock<Option<Vec<(&'static str, &'static Selector)>>> = OnceLock::new();
+    let selectors = SELECTORS
+        .get_or_init(|| {
+            [
+                "href",
+                "src",
+                "action",
+                "formaction",
+                "poster",
+                "data",
+                "srcset",
+                "imagesrcset",
+                "style",
+            ]
+            .into_iter()
+            .map(|a| {
+                let s: Selector = format!("[{a}]").parse().ok()?;
+                Some((a, &*Box::leak(Box::new(s))))
+            })
+            .chain(std::iter::once(
+                "meta[http-equiv][content]"
+                    .parse::<Selector>()
+                    .ok()
+                    .map(|s| ("meta", &*Box::leak(Box::new(s)))),
+            ))
+            .collect()
+        })
+        .as_ref()
+        .ok_or_else(|| ProxyError::Rewrite("a reference selector does not parse".into()))?;
+    let mut s = base_settings(plan);
+    for &(attr, selector) in selectors {
         let (hosts, service) = (Arc::clone(hosts), service.to_owned());
-        s = with_handler(s, &format!("[{selector_attr}]"), move |el| {
-            if let Some(new) = el
+        let rewrite: Rewrite = match attr {
+            "srcset" | "imagesrcset" => rewrite_srcset,
+            "style" => rewrite_css_urls,
+            _ => |h, svc, v| h.rewrite_link(svc, v),
+        };
+        let handler = move |el: &mut Element<'_, '_>| {
+            if attr == "meta" {
+                let refresh = el
+                    .get_attribute("http-equiv")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
+                if let Some(new) = el
+                    .get_attribute("content")
+                    .filter(|_| refresh)
+                    .and_then(|v| super::headers::rewrite_refresh(&hosts, &service, &v))
+                {
+                    el.set_attribute("content", &new)?;
+                }
+            } else if let Some(new) = el
                 .get_attribute(attr)
                 .and_then(|v| rewrite(&hosts, &service, &v))
             {
                 el.set_attribute(attr, &new)?;
             }
             Ok(())
-        });
+        };
+        s = s.append_element_content_handler((
+            Cow::Borrowed(selector),
+            ElementContentHandlers::default().element(handler),
+        ));
     }
-    let (hosts, service) = (Arc::clone(hosts), service.to_owned());
-    with_handler(s, "meta[http-equiv][content]", move |el| {
-        let refresh = el
-            .get_attribute("http-equiv")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
-        if let Some(new) = el
-            .get_attribute("content")
-            .filter(|_| refresh)
-            .and_then(|v| super::headers::rewrite_refresh(&hosts, &service, &v))
-        {
-            el.set_attribute("content", &new)?;
-        }
-        Ok(())
-    })
+    collect(HtmlStream::with_settings(plan, s), chunks)
 }
 
-/// Adds an element handler. Not lol_html's `element!`, which unwraps the selector parse;
-/// and each selector is parsed once per process, not once per page (parsing showed up in
-/// the load test).
-fn with_handler<F>(
-    s: Settings<'static, 'static>,
-    selector: &str,
-    f: F,
-) -> Settings<'static, 'static>
-where
-    F: FnMut(&mut Element<'_, '_>) -> HandlerResult + Send + 'static,
-{
-    match parsed_selector(selector) {
-        Some(sel) => s.append_element_content_handler((
-            Cow::Borrowed(sel),
-            ElementContentHandlers::default().element(f),
-        )),
-        None => {
-            tracing::error!(%selector, "bad rewriter selector");
-            s
-        }
-    }
-}
-
-/// The parsed selector, from a process-wide cache. The set of selectors is fixed (the
-/// attribute lists above), so the cache stays small; each entry is leaked once on purpose
-/// to give lol_html the `'static` borrow it wants.
-fn parsed_selector(selector: &str) -> Option<&'static Selector> {
-    use std::collections::HashMap;
-    use std::sync::LazyLock;
-    static CACHE: LazyLock<Mutex<HashMap<String, Option<&'static Selector>>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
-    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-    *cache.entry(selector.to_owned()).or_insert_with(|| {
-        selector
-            .parse::<Selector>()
+/// `*`, parsed once per process. One handler for every element, looking at its attributes
+/// by name, costs far less than one `[attr]` selector per rewritten attribute: lol_html
+/// matches each selector on every start tag and calls each matching handler separately.
+/// Leaked once on purpose to give lol_html the `'static` borrow it wants.
+fn all_elements() -> Option<&'static Selector> {
+    use std::sync::OnceLock;
+    static ALL: OnceLock<Option<&'static Selector>> = OnceLock::new();
+    *ALL.get_or_init(|| {
+        "*".parse::<Selector>()
             .ok()
             .map(|s| &*Box::leak(Box::new(s)))
     })
+}
+
+/// What is done with an attribute's value, by its (lowercase) name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One URL: `href`, `src`, `action`, `formaction`, `poster`, `data`.
+    Link,
+    /// Candidates, each with a URL: `srcset`, `imagesrcset`.
+    Srcset,
+    /// `url(…)` in CSS: `style`.
+    Css,
+    /// `<meta http-equiv=refresh content=…>`, both attributes.
+    HttpEquiv,
+    Content,
+}
+
+/// The attributes the rewriter reads, with a bit each so that a repeated attribute is
+/// seen once: HTML keeps the first of two same-named attributes, as `set_attribute` does.
+const ATTRIBUTES: &[(&str, Kind)] = &[
+    ("href", Kind::Link),
+    ("src", Kind::Link),
+    ("action", Kind::Link),
+    ("formaction", Kind::Link),
+    ("poster", Kind::Link),
+    ("data", Kind::Link),
+    ("srcset", Kind::Srcset),
+    ("imagesrcset", Kind::Srcset),
+    ("style", Kind::Css),
+    ("http-equiv", Kind::HttpEquiv),
+    ("content", Kind::Content),
+];
+
+fn rewrite_element(hosts: &HostMap, service: &str, el: &mut Element<'_, '_>) -> HandlerResult {
+    let attributes = el.attributes();
+    if attributes.is_empty() {
+        return Ok(());
+    }
+    let mut seen = 0u16;
+    let mut refresh = false;
+    let mut content = None;
+    // Rarely more than one per element; a Vec allocates only when something changes.
+    let mut changes: Vec<(&'static str, String)> = Vec::new();
+    for attr in attributes {
+        let name = attr.name();
+        let Some(i) = ATTRIBUTES.iter().position(|(n, _)| *n == name) else {
+            continue;
+        };
+        if seen & (1 << i) != 0 {
+            continue;
+        }
+        seen |= 1 << i;
+        let (name, kind) = ATTRIBUTES[i];
+        let value = attr.value();
+        let new = match kind {
+            Kind::Link => hosts.rewrite_link(service, &value),
+            Kind::Srcset => rewrite_srcset(hosts, service, &value),
+            Kind::Css => rewrite_css_urls(hosts, service, &value),
+            Kind::HttpEquiv => {
+                refresh = value.trim().eq_ignore_ascii_case("refresh");
+                None
+            }
+            Kind::Content => {
+                content = Some(value);
+                None
+            }
+        };
+        if let Some(new) = new {
+            changes.push((name, new));
+        }
+    }
+    if refresh
+        && let Some(new) = content
+            .and_then(|v| super::headers::rewrite_refresh(hosts, service, &v))
+            .filter(|_| el.tag_name() == "meta")
+    {
+        changes.push(("content", new));
+    }
+    for (name, value) in changes {
+        el.set_attribute(name, &value)?;
+    }
+    Ok(())
 }
 
 /// Each candidate URL of a `srcset` (`url [descriptor], url [descriptor]`). Following the
@@ -435,28 +572,29 @@ impl Decoder {
         }
     }
 
-    fn decode(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        match self {
-            Self::Identity => Ok(data.to_vec()),
+    /// An identity body is passed through as it is, not copied.
+    fn decode<'a>(&mut self, data: &'a [u8]) -> io::Result<Cow<'a, [u8]>> {
+        let owned = match self {
+            Self::Identity => return Ok(Cow::Borrowed(data)),
             Self::Gzip(d) => {
                 d.write_all(data)?;
                 d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
+                std::mem::take(d.get_mut())
             }
             Self::Zlib(d) => {
                 d.write_all(data)?;
                 d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
+                std::mem::take(d.get_mut())
             }
             Self::RawDeflate(d) => {
                 d.write_all(data)?;
                 d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
+                std::mem::take(d.get_mut())
             }
             Self::DeflateSniff(held) => {
                 held.extend_from_slice(data);
                 if held.len() < 2 {
-                    return Ok(Vec::new());
+                    return Ok(Cow::Borrowed(&[]));
                 }
                 let held = std::mem::take(held);
                 // RFC 1950: CM = 8 in the low nibble, and the header is a multiple of 31.
@@ -467,14 +605,15 @@ impl Decoder {
                 } else {
                     Self::RawDeflate(flate2::write::DeflateDecoder::new(Vec::new()))
                 };
-                self.decode(&held)
+                self.decode(&held)?.into_owned()
             }
             Self::Brotli(d) => {
                 d.write_all(data)?;
                 d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
+                std::mem::take(d.get_mut())
             }
-        }
+        };
+        Ok(Cow::Owned(owned))
     }
 
     fn finish(&mut self) -> io::Result<Vec<u8>> {

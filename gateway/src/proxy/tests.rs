@@ -7,9 +7,9 @@ use http::header::HeaderMap;
 use http::{Method, Response, StatusCode, Uri, Version};
 use url::Url;
 
-use super::headers::{Coding, rewrite_refresh, rewrite_response, scrub_request};
+use super::headers::{Coding, HtmlPlan, rewrite_refresh, rewrite_response, scrub_request};
 use super::hosts::{HostKind, HostMap, HostMapError};
-use super::html::{rewrite_css_urls, rewrite_srcset};
+use super::html::{rewrite_body, rewrite_body_per_selector, rewrite_css_urls, rewrite_srcset};
 use super::{Forward, ProxyError, Timeouts, release_header_name, upstream_uri};
 use crate::config::Scheme;
 use crate::ids::ServiceId;
@@ -304,11 +304,13 @@ fn only_origin_form_targets_are_forwarded() {
 }
 
 fn forward_for<'a>(hosts: &'a Arc<HostMap>, origin: &'a Url, cookies: &'a [String]) -> Forward<'a> {
+    static RELEASE: std::sync::LazyLock<Vec<(http::HeaderName, http::HeaderValue)>> =
+        std::sync::LazyLock::new(|| super::release_headers([("pseudonym", "ps")]));
     Forward {
         origin,
         hosts,
         service: "avis",
-        release: vec![("pseudonym".into(), "ps".into())],
+        release: &RELEASE,
         gateway_cookies: cookies,
         timeouts: Timeouts::default(),
     }
@@ -409,5 +411,206 @@ fn response_heads_are_rewritten_and_html_planned() {
         if !ce.is_empty() {
             assert_eq!(parts.headers["content-encoding"], ce);
         }
+    }
+}
+
+/// A page with every kind of rewritten attribute, and what the browser gets.
+const PAGE: &str = concat!(
+    r#"<!DOCTYPE html><html><head><meta charset="utf-8">"#,
+    r#"<meta http-equiv="Refresh" content="5; url=https://www.avis.example/next">"#,
+    r#"<meta name="description" content="0; url=https://www.avis.example/not-a-refresh">"#,
+    r#"<link rel="stylesheet" href="https://cdn.avis.example/s.css">"#,
+    r#"<link rel="preload" as="image" imagesrcset="https://cdn.avis.example/w.png 480w, /x.png 800w">"#,
+    r#"</head><body>"#,
+    r#"<a href="https://www.avis.example/a?x=1&amp;y=2">a</a>"#,
+    r#"<a HREF="//cdn.avis.example/b" href="https://www.avis.example/second">b</a>"#,
+    r#"<img src="https://cdn.avis.example/i.png" srcset="https://cdn.avis.example/i.png 1x, https://foreign.example/i2.png 2x" alt="">"#,
+    r#"<form action="https://www.avis.example/sok" method="post"><button formaction="http://img.avis.example:8081/go">go</button></form>"#,
+    r#"<video poster="https://cdn.avis.example/p.jpg"></video><object data="https://www.avis.example/o.pdf"></object>"#,
+    r#"<div style="background:url('https://cdn.avis.example/bg.png')">x</div>"#,
+    r#"<a href="https://film.example/other">another service</a><a href="/rel">relative</a>"#,
+    r#"<script>var u = "https://www.avis.example/js";</script>"#,
+    r#"</body></html>"#,
+);
+
+const PAGE_REWRITTEN: &str = concat!(
+    r#"<!DOCTYPE html><html><head><meta charset="utf-8">"#,
+    r#"<meta http-equiv="Refresh" content="5; url=http://avis.bib.localhost:8080/next">"#,
+    r#"<meta name="description" content="0; url=https://www.avis.example/not-a-refresh">"#,
+    r#"<link rel="stylesheet" href="http://avis--1.bib.localhost:8080/s.css">"#,
+    r#"<link rel="preload" as="image" imagesrcset="http://avis--1.bib.localhost:8080/w.png 480w, /x.png 800w">"#,
+    r#"</head><body>"#,
+    r#"<a href="http://avis.bib.localhost:8080/a?x=1&amp;y=2">a</a>"#,
+    r#"<a HREF="//avis--1.bib.localhost:8080/b" href="https://www.avis.example/second">b</a>"#,
+    r#"<img src="http://avis--1.bib.localhost:8080/i.png" srcset="http://avis--1.bib.localhost:8080/i.png 1x, https://foreign.example/i2.png 2x" alt="">"#,
+    r#"<form action="http://avis.bib.localhost:8080/sok" method="post"><button formaction="http://avis--2.bib.localhost:8080/go">go</button></form>"#,
+    r#"<video poster="http://avis--1.bib.localhost:8080/p.jpg"></video><object data="http://avis.bib.localhost:8080/o.pdf"></object>"#,
+    r#"<div style="background:url('http://avis--1.bib.localhost:8080/bg.png')">x</div>"#,
+    r#"<a href="https://film.example/other">another service</a><a href="/rel">relative</a>"#,
+    r#"<script>var u = "https://www.avis.example/js";</script>"#,
+    r#"</body></html>"#,
+);
+
+fn encode(coding: Coding, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        Coding::Identity => body.to_vec(),
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).unwrap();
+            e.finish().unwrap()
+        }
+        Coding::Deflate => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).unwrap();
+            e.finish().unwrap()
+        }
+        Coding::Brotli => {
+            let mut out = Vec::new();
+            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            e.write_all(body).unwrap();
+            drop(e);
+            out
+        }
+    }
+}
+
+fn plan(coding: Coding) -> HtmlPlan {
+    HtmlPlan {
+        coding,
+        charset: None,
+    }
+}
+
+#[test]
+fn every_rewritten_attribute_kind_in_one_page_encoded_or_not() {
+    let hosts = Arc::new(map(Scheme::Http));
+    for coding in [
+        Coding::Identity,
+        Coding::Gzip,
+        Coding::Deflate,
+        Coding::Brotli,
+    ] {
+        let body = encode(coding, PAGE.as_bytes());
+        // Whole, and in small pieces that split tags, attributes and the encoding's blocks.
+        for size in [body.len(), 7] {
+            let chunks: Vec<&[u8]> = body.chunks(size).collect();
+            let out = rewrite_body(&plan(coding), &hosts, "avis", &chunks).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                PAGE_REWRITTEN,
+                "{coding:?} in chunks of {size}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_single_handler_rewrites_as_one_selector_per_attribute_did() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let pages = [
+        PAGE,
+        r#"<META HTTP-EQUIV=refresh CONTENT="0;URL='https://cdn.avis.example/x'"><p style="a:url(https://www.avis.example/a)" src="https://www.avis.example/s">"#,
+        r#"<div http-equiv="refresh" content="0; url=https://www.avis.example/x"></div>"#,
+        r#"<img src=https://www.avis.example/a src=https://cdn.avis.example/b srcset="//cdn.avis.example/c 2x">"#,
+        r#"<svg><a href="https://www.avis.example/svg"/></svg><math><mi href="https://www.avis.example/m"/></math>"#,
+        r#"<template><a href="https://www.avis.example/t">t</a></template><noscript><img src="https://cdn.avis.example/n"></noscript>"#,
+        r#"<a href="  https://www.avis.example/space  ">x</a><a href="https://www.avis.example/&quot;q">q</a>"#,
+    ];
+    for page in pages {
+        for size in [page.len(), 5] {
+            let chunks: Vec<&[u8]> = page.as_bytes().chunks(size).collect();
+            let p = plan(Coding::Identity);
+            let new = rewrite_body(&p, &hosts, "avis", &chunks).unwrap();
+            let old = rewrite_body_per_selector(&p, &hosts, "avis", &chunks).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&new),
+                String::from_utf8_lossy(&old),
+                "{page}"
+            );
+        }
+    }
+}
+
+/// Authorities near the origins' (case, ports, IPv4 spellings, escapes, IDN, dots) and
+/// far from them.
+fn authority() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let host = prop_oneof![
+        Just("www.avis.example".to_owned()),
+        Just("WWW.Avis.Example".to_owned()),
+        Just("cdn.avis.example".to_owned()),
+        Just("img.avis.example".to_owned()),
+        Just("www.avis.example.".to_owned()),
+        Just("ww%77.avis.example".to_owned()),
+        Just("xn--www-avis.example".to_owned()),
+        Just("www.avis.example\u{ff0e}".to_owned()),
+        Just("ＷＷＷ.avis.example".to_owned()),
+        Just("127.0.0.1".to_owned()),
+        Just("127.1".to_owned()),
+        Just("0x7f.0.0.1".to_owned()),
+        Just("127.000.0.1".to_owned()),
+        Just("256.0.0.1".to_owned()),
+        Just("[::1]".to_owned()),
+        Just("film.example".to_owned()),
+        "[a-zA-Z0-9.%-]{1,12}",
+        "[0-9.x]{1,12}",
+    ];
+    let port = prop_oneof![
+        Just(String::new()),
+        Just(":".to_owned()),
+        Just(":443".to_owned()),
+        Just(":0443".to_owned()),
+        Just(":80".to_owned()),
+        Just(":8081".to_owned()),
+        Just(":08081".to_owned()),
+        Just(":65536".to_owned()),
+        Just(":99999999999".to_owned()),
+        Just(":8a".to_owned()),
+        ":[0-9]{1,6}",
+    ];
+    (host, port).prop_map(|(h, p)| format!("{h}{p}"))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn the_fast_link_matcher_agrees_with_url_parse(
+        scheme in proptest::prelude::prop_oneof![
+            proptest::prelude::Just("https://"),
+            proptest::prelude::Just("HTTP://"),
+            proptest::prelude::Just("http://"),
+            proptest::prelude::Just("//"),
+            proptest::prelude::Just(" //"),
+        ],
+        authority in authority(),
+        tail in "(/[a-z]{0,3})?(\\?q)?(#f)?",
+        service in proptest::prelude::prop_oneof![
+            proptest::prelude::Just("avis"),
+            proptest::prelude::Just("film"),
+            proptest::prelude::Just("ip"),
+        ],
+    ) {
+        let m = HostMap::new(
+            "bib.localhost:8080",
+            Scheme::Https,
+            [
+                (
+                    ServiceId::from("avis"),
+                    url("https://www.avis.example"),
+                    vec![url("https://cdn.avis.example"), url("http://img.avis.example:8081")],
+                ),
+                (ServiceId::from("film"), url("https://film.example:443"), vec![]),
+                (ServiceId::from("ip"), url("http://127.0.0.1:8081"), vec![url("https://[::1]")]),
+            ],
+        )
+        .unwrap();
+        let link = format!("{scheme}{authority}{tail}");
+        proptest::prop_assert_eq!(
+            m.rewrite_link(service, &link),
+            m.rewrite_link_by_url(service, &link),
+            "{}", link
+        );
     }
 }
