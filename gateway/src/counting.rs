@@ -114,43 +114,13 @@ pub(crate) fn denial(
 }
 
 /// Whether a request path matches a `search_paths` / `item_paths` pattern: `*` is one
-/// (non-empty) path segment, `**` any number of segments, anything else literal.
+/// (non-empty) path segment, `**` any number of segments, anything else literal. The
+/// proxy matches the patterns the policy took apart at load ([`PathPattern`]); this is
+/// for one-off checks.
+///
+/// [`PathPattern`]: crate::policy::PathPattern
 pub fn path_matches(pattern: &str, path: &str) -> bool {
-    // On every proxied request: reject on the literal part before the first wildcard,
-    // then match segment by segment without allocating.
-    let literal = pattern
-        .find('*')
-        .map_or(pattern, |i| pattern[..i].trim_end_matches('/'));
-    if !path.starts_with(literal) {
-        return false;
-    }
-    let (Some(pattern), Some(path)) = (pattern.strip_prefix('/'), path.strip_prefix('/')) else {
-        return false;
-    };
-    segments_match(pattern.split('/'), path.split('/'))
-}
-
-fn segments_match(mut pat: std::str::Split<'_, char>, mut segs: std::str::Split<'_, char>) -> bool {
-    loop {
-        match pat.next() {
-            None => return segs.next().is_none(),
-            Some("**") => {
-                let mut rest = segs;
-                loop {
-                    if segments_match(pat.clone(), rest.clone()) {
-                        return true;
-                    }
-                    if rest.next().is_none() {
-                        return false;
-                    }
-                }
-            }
-            Some(p) => match segs.next() {
-                Some(s) if (p == "*" && !s.is_empty()) || p == s => {}
-                _ => return false,
-            },
-        }
-    }
+    crate::policy::PathPattern::new(pattern).matches(path)
 }
 
 /// What a proxied request is for COUNTER, by the service's patterns. Only the path is
@@ -164,9 +134,9 @@ pub enum Kind {
 
 pub fn kind_of(proxy: &crate::policy::ProxySettings, path_and_query: &str) -> Kind {
     let path = path_and_query.split('?').next().unwrap_or("/");
-    if proxy.item_paths.iter().any(|p| path_matches(p, path)) {
+    if proxy.item_paths.iter().any(|p| p.matches(path)) {
         Kind::Item(path.to_owned())
-    } else if proxy.search_paths.iter().any(|p| path_matches(p, path)) {
+    } else if proxy.search_paths.iter().any(|p| p.matches(path)) {
         Kind::Search(path_and_query.to_owned())
     } else {
         Kind::Plain
@@ -299,6 +269,46 @@ mod tests {
         assert!(!path_matches("/search", "/search/"));
         assert!(!path_matches("/search", "search"));
         assert!(path_matches("/*/les/*", "/bok/les/42"));
+    }
+
+    /// The straightforward reading of the pattern rules, which the compiled
+    /// [`crate::policy::PathPattern`] must agree with.
+    fn reference(pattern: &str, path: &str) -> bool {
+        fn walk(pat: &[&str], segs: &[&str]) -> bool {
+            match pat.split_first() {
+                None => segs.is_empty(),
+                Some((&"**", after)) => (0..=segs.len()).any(|i| walk(after, &segs[i..])),
+                Some((p, after)) => match segs.split_first() {
+                    Some((s, rest)) if (*p == "*" && !s.is_empty()) || p == s => walk(after, rest),
+                    _ => false,
+                },
+            }
+        }
+        let (Some(pattern), Some(path)) = (pattern.strip_prefix('/'), path.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let pat: Vec<&str> = pattern.split('/').collect();
+        let segs: Vec<&str> = path.split('/').collect();
+        walk(&pat, &segs)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compiled_patterns_agree_with_the_rules(
+            pat in proptest::collection::vec(
+                proptest::prop_oneof!["\\*", "\\*\\*", "[ab]{0,2}"], 0..5),
+            path in proptest::collection::vec("[ab]{0,2}", 0..6),
+            slash in proptest::bool::ANY,
+        ) {
+            let pattern = format!("/{}", pat.join("/"));
+            let path = format!("{}{}", if slash { "/" } else { "" }, path.join("/"));
+            proptest::prop_assert_eq!(
+                path_matches(&pattern, &path),
+                reference(&pattern, &path),
+                "pattern {} path {}", pattern, path
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use eval::{Decision, DenyReason, Permit, Stage, decide, oslo, oslo_today};
 pub use load::{Diagnostic, LoadError, Severity, load_dir, load_files, parse_date, parse_duration};
 pub use model::{
     Access, Attribute, Audience, Entitlement, Group, Institution, InstitutionKind, Location,
-    OidcSettings, Policy, ProxySettings, Rate, SamlSettings, Service, Summary,
+    OidcSettings, PathPattern, Policy, ProxySettings, Rate, SamlSettings, Service, Summary,
 };
 pub use release::{AgeBand, Release, release};
 

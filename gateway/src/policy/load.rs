@@ -22,7 +22,8 @@ use url::Url;
 
 use super::model::{
     Access, Attribute, Audience, Entitlement, Grant, Group, InstIdx, Institution, InstitutionKind,
-    Location, OidcSettings, Policy, ProxySettings, Rate, SamlSettings, Service, SvcIdx,
+    Location, OidcSettings, PathPattern, Policy, ProxySettings, Rate, SamlSettings, Service,
+    SvcIdx,
 };
 use super::network::NetworkTable;
 use crate::ids::{InstitutionId, ServiceId};
@@ -1118,7 +1119,7 @@ impl<'s> Checker<'s> {
         })
     }
 
-    fn globs(&mut self, t: &Table<'_, '_>, key: &str) -> Option<Vec<String>> {
+    fn globs(&mut self, t: &Table<'_, '_>, key: &str) -> Option<Vec<PathPattern>> {
         let items = self.opt_str_array(t, key);
         if items.is_none() && t.get(key).is_some() {
             return None;
@@ -1130,7 +1131,7 @@ impl<'s> Checker<'s> {
                 ok = false;
                 self.error_at(loc, format!("{}: \"{key}\" pattern \"{s}\": {why}", t.what));
             } else {
-                out.push(s);
+                out.push(PathPattern::new(&s));
             }
         }
         ok.then_some(out)

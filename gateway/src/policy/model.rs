@@ -161,8 +161,116 @@ pub struct ProxySettings {
     pub origin: Url,
     /// Other origins of the same vendor, each proxied under its own host label.
     pub hosts: Vec<Url>,
-    pub item_paths: Vec<String>,
-    pub search_paths: Vec<String>,
+    pub item_paths: Vec<PathPattern>,
+    pub search_paths: Vec<PathPattern>,
+}
+
+/// A `search_paths` / `item_paths` pattern, taken apart once at load so that matching it
+/// on every proxied request is a prefix comparison and, rarely, a walk over a few
+/// segments: `*` is one non-empty path segment, `**` any number of segments, anything else
+/// literal. The literal part before the first wildcard rejects almost every path at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPattern {
+    text: String,
+    /// The pattern up to its first wildcard, without the `/` before it; the whole pattern
+    /// when it has none.
+    literal: usize,
+    /// The segments after `literal` (none for a pattern without wildcards).
+    rest: Box<[Segment]>,
+    /// A pattern that does not start with `/` matches no request path.
+    never: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    One,
+    Any,
+    Literal(Box<str>),
+}
+
+impl PathPattern {
+    pub fn new(text: &str) -> Self {
+        let literal = text
+            .find('*')
+            .map_or(text.len(), |i| text[..i].trim_end_matches('/').len());
+        let rest = match text[literal..].strip_prefix('/') {
+            Some(tail) if literal < text.len() => tail
+                .split('/')
+                .map(|s| match s {
+                    "*" => Segment::One,
+                    "**" => Segment::Any,
+                    s => Segment::Literal(s.into()),
+                })
+                .collect(),
+            _ => Box::default(),
+        };
+        Self {
+            text: text.to_owned(),
+            literal,
+            rest,
+            never: !text.starts_with('/'),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a request path (no query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        if self.never || !path.starts_with('/') {
+            return false;
+        }
+        let Some(tail) = path.strip_prefix(&self.text[..self.literal]) else {
+            return false;
+        };
+        if self.rest.is_empty() {
+            return tail.is_empty();
+        }
+        if tail.is_empty() {
+            return self.rest.iter().all(|s| *s == Segment::Any);
+        }
+        match tail.strip_prefix('/') {
+            Some(tail) => segments_match(&self.rest, tail.split('/')),
+            None => false,
+        }
+    }
+}
+
+fn segments_match(mut pat: &[Segment], mut segs: std::str::Split<'_, char>) -> bool {
+    loop {
+        match pat.split_first() {
+            None => return segs.next().is_none(),
+            Some((Segment::Any, after)) => loop {
+                if segments_match(after, segs.clone()) {
+                    return true;
+                }
+                if segs.next().is_none() {
+                    return false;
+                }
+            },
+            Some((p, after)) => {
+                match (p, segs.next()) {
+                    (Segment::One, Some(s)) if !s.is_empty() => {}
+                    (Segment::Literal(l), Some(s)) if **l == *s => {}
+                    _ => return false,
+                }
+                pat = after;
+            }
+        }
+    }
+}
+
+impl From<&str> for PathPattern {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 #[derive(Clone, Debug)]
