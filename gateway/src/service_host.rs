@@ -437,3 +437,108 @@ async fn enter(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::ids::{InstitutionId, SubjectKey};
+    use crate::policy::{Permit, Policy};
+    use crate::subject::{Affiliation, Age, Subject};
+
+    const POLICY: &str = r#"
+[[institution]]
+id = "NO-2390700"
+name = "Sandefjordbiblioteket"
+kind = "public_library"
+
+[[institution]]
+id = "NO-2390500"
+name = "Tønsberg bibliotek"
+kind = "public_library"
+
+[[service]]
+id = "avis"
+name = "Avis"
+access = "proxy"
+release = ["pseudonym", "institution"]
+[service.proxy]
+origin = "https://avis.example"
+
+[[entitlement]]
+institution = "NO-2390700"
+service = "avis"
+from = 2020-01-01
+
+[[entitlement]]
+institution = "NO-2390500"
+service = "avis"
+from = 2020-01-01
+"#;
+
+    fn policy() -> Arc<Policy> {
+        let (p, _) = crate::policy::load_files(vec![("p.toml".into(), POLICY.into())]).unwrap();
+        Arc::new(p)
+    }
+
+    fn permit(policy: &Policy, home: &str, at: &str) -> Permit {
+        let subject = Subject {
+            key: SubjectKey::new("card:NO-2390700:1"),
+            affiliation: Affiliation::Patron,
+            institutions: vec![InstitutionId::new(home)],
+            age: Age::Unknown,
+        };
+        let now: Timestamp = at.parse().unwrap();
+        match crate::policy::decide(policy, &subject, "avis", None, now) {
+            Decision::Permit(p) => p,
+            other => panic!("expected a permit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn release_headers_are_made_again_for_a_new_policy_institution_day_or_session() {
+        let cache = ReleaseCache::default();
+        let made = Cell::new(0);
+        let get = |session: &str, policy: &Arc<Policy>, permit: &Permit| {
+            cache.get_or_insert(session, policy, permit, || {
+                made.set(made.get() + 1);
+                vec![(
+                    http::HeaderName::from_static("x-portvakt-n"),
+                    HeaderValue::from(made.get()),
+                )]
+            })
+        };
+        let first = policy();
+        let today = permit(&first, "NO-2390700", "2026-12-02T10:00:00Z");
+        let a = get("s1", &first, &today);
+        let again = get("s1", &first, &today);
+        assert_eq!(made.get(), 1, "the same session, policy and permit: cached");
+        assert_eq!(a, again);
+
+        get("s2", &first, &today);
+        assert_eq!(made.get(), 2, "another session has its own");
+
+        let tomorrow = permit(&first, "NO-2390700", "2026-12-03T10:00:00Z");
+        get("s1", &first, &tomorrow);
+        assert_eq!(made.get(), 3, "a new day (an age can turn over)");
+
+        let elsewhere = permit(&first, "NO-2390500", "2026-12-03T10:00:00Z");
+        get("s1", &first, &elsewhere);
+        assert_eq!(made.get(), 4, "another institution");
+
+        let reloaded = policy();
+        let after_reload = permit(&reloaded, "NO-2390500", "2026-12-03T10:00:00Z");
+        let fresh = get("s1", &reloaded, &after_reload);
+        assert_eq!(
+            made.get(),
+            5,
+            "a reloaded policy (its release list may differ)"
+        );
+        assert_eq!(fresh[0].1, HeaderValue::from(5));
+        get("s1", &reloaded, &after_reload);
+        assert_eq!(made.get(), 5);
+    }
+}
