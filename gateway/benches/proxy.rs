@@ -107,10 +107,6 @@ fn bench(c: &mut Criterion) {
     g.bench_function("gzip", |b| {
         b.iter(|| bench::rewrite_html(&hosts, "avis", true, black_box(&gz_chunks)))
     });
-    // The same work as it was done before: one selector and handler per attribute.
-    g.bench_function("plain_per_selector", |b| {
-        b.iter(|| bench::rewrite_html_per_selector(&hosts, "avis", false, black_box(&plain_chunks)))
-    });
     g.finish();
 
     let links = [

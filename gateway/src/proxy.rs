@@ -408,20 +408,6 @@ pub mod bench {
         super::html::rewrite_body(&plan, hosts, service, chunks)
     }
 
-    /// [`rewrite_html`] with one selector and handler per attribute, as before.
-    pub fn rewrite_html_per_selector(
-        hosts: &Arc<HostMap>,
-        service: &str,
-        gzip: bool,
-        chunks: &[&[u8]],
-    ) -> Result<Vec<u8>, ProxyError> {
-        let plan = HtmlPlan {
-            coding: if gzip { Coding::Gzip } else { Coding::Identity },
-            charset: None,
-        };
-        super::html::rewrite_body_per_selector(&plan, hosts, service, chunks)
-    }
-
     pub fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
         super::headers::scrub_request(h, f);
     }

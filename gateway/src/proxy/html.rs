@@ -288,8 +288,10 @@ fn collect(mut stream: HtmlStream, chunks: &[&[u8]]) -> Result<Vec<u8>, ProxyErr
 
 /// The rewriter as it was before one handler for all elements (a `[attr]` selector and
 /// handler per attribute, `meta[http-equiv][content]` for refresh, selectors parsed per
-/// page): the reference the tests compare the single handler with, and the benchmark's
-/// "before".
+/// page): kept only as the reference the tests compare the single handler with, on pages
+/// where the two could part (foreign content, templates, odd spellings). Not compiled into
+/// the gateway.
+#[cfg(test)]
 pub(super) fn rewrite_body_per_selector(
     plan: &HtmlPlan,
     hosts: &Arc<HostMap>,
