@@ -25,6 +25,7 @@
 mod headers;
 mod hosts;
 mod html;
+mod scan;
 #[cfg(test)]
 mod tests;
 

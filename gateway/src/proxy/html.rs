@@ -1,8 +1,8 @@
 //! The response body on its way back: [`Relay`] passes each frame of the origin's body on
 //! as it arrives, and for HTML first decodes it ([`Decoder`]: gzip, deflate, br) and feeds
-//! it through a streaming lol_html rewriter, sending whatever that has emitted so far.
-//! Nothing waits for the whole page, so memory per response stays bounded by the chunk
-//! size and lol_html's own limit.
+//! it through the streaming [`Scanner`], which finds each start tag, sending whatever is
+//! done so far. Nothing waits for the whole page, so memory per response stays bounded by
+//! the chunk size and the scanner's limit for one cut-off tag.
 //!
 //! Rewritten: absolute and protocol-relative links to the service's own origins in `href`,
 //! `src`, `action`, `formaction`, `poster`, `data`, `srcset`/`imagesrcset` (each candidate),
@@ -12,23 +12,25 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use lol_html::errors::RewritingError;
-use lol_html::send::{Element, ElementContentHandlers, HtmlRewriter, Settings};
-use lol_html::{AsciiCompatibleEncoding, HandlerResult, MemorySettings, OutputSink, Selector};
 use tokio::time::{Instant, Sleep};
 
 use super::headers::{Coding, HtmlPlan, Plan};
 use super::hosts::HostMap;
+use super::scan::{Scanner, StartTag};
 use super::{Forward, ProxyError};
 
-/// lol_html's working memory for one page: it buffers only an unfinished tag or an
-/// attribute value, so this is far above any real page's need, and bounds a hostile one.
+#[cfg(test)]
+pub(super) mod oracle;
+
+/// The longest construct (in practice a tag with a huge `data:` URL) kept waiting for its
+/// end across chunks: far above any real page's need, and a bound for a hostile one. Past
+/// it the rest of the page passes through unrewritten.
 const REWRITER_MEMORY: usize = 4 * 1024 * 1024;
 
 /// The response body the browser gets.
@@ -145,122 +147,59 @@ impl Body for Relay {
     }
 }
 
-/// Where lol_html writes: a buffer the relay empties after every chunk.
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl OutputSink for Sink {
-    fn handle_chunk(&mut self, chunk: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(chunk);
-    }
-}
-
 /// Decoding and rewriting of one HTML body.
 pub(super) struct HtmlStream {
     decoder: Decoder,
-    /// `None` once lol_html gave up (its memory limit): the rest passes through as decoded.
-    rewriter: Option<HtmlRewriter<'static, Sink>>,
-    out: Arc<Mutex<Vec<u8>>>,
+    scanner: Scanner,
+    hosts: Arc<HostMap>,
+    service: String,
+    /// `false` for a page in an encoding that does not spell markup in ASCII (UTF-16):
+    /// it passes through as it is.
+    rewrite: bool,
+    warned: bool,
 }
 
 impl HtmlStream {
     pub(super) fn new(plan: &HtmlPlan, hosts: Arc<HostMap>, service: String) -> Self {
-        Self::with_settings(plan, settings(plan, &hosts, &service))
-    }
-
-    fn with_settings(plan: &HtmlPlan, settings: Settings<'static, 'static>) -> Self {
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let rewriter = HtmlRewriter::new(settings, Sink(Arc::clone(&out)));
         Self {
             decoder: Decoder::new(plan.coding),
-            rewriter: Some(rewriter),
-            out,
+            scanner: Scanner::new(REWRITER_MEMORY),
+            hosts,
+            service,
+            rewrite: plan.charset.is_none_or(|e| e.is_ascii_compatible()),
+            warned: false,
         }
-    }
-
-    fn take(&self) -> Bytes {
-        Bytes::from(std::mem::take(
-            &mut *self.out.lock().unwrap_or_else(PoisonError::into_inner),
-        ))
     }
 
     pub(super) fn push(&mut self, data: &[u8]) -> Result<Bytes, ProxyError> {
         let decoded = self.decoder.decode(data).map_err(ProxyError::Decode)?;
-        // Room for the page and a little growth, so the sink does not grow step by step.
-        self.out
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reserve(decoded.len() + decoded.len() / 8);
-        self.rewrite(&decoded)?;
-        Ok(self.take())
+        // Room for the page and a little growth, so the output does not grow step by step.
+        let mut out = Vec::with_capacity(decoded.len() + decoded.len() / 8);
+        self.rewrite(&decoded, &mut out);
+        Ok(Bytes::from(out))
     }
 
     pub(super) fn finish(&mut self) -> Result<Bytes, ProxyError> {
         let rest = self.decoder.finish().map_err(ProxyError::Decode)?;
-        self.rewrite(&rest)?;
-        if let Some(r) = self.rewriter.take() {
-            r.end().map_err(|e| ProxyError::Rewrite(e.to_string()))?;
-        }
-        Ok(self.take())
+        let mut out = Vec::with_capacity(rest.len());
+        self.rewrite(&rest, &mut out);
+        self.scanner.finish(&mut out);
+        Ok(Bytes::from(out))
     }
 
-    fn rewrite(&mut self, decoded: &[u8]) -> Result<(), ProxyError> {
-        if decoded.is_empty() {
-            return Ok(());
+    fn rewrite(&mut self, decoded: &[u8], out: &mut Vec<u8>) {
+        if !self.rewrite {
+            out.extend_from_slice(decoded);
+            return;
         }
-        let Some(r) = self.rewriter.as_mut() else {
-            self.out
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(decoded);
-            return Ok(());
-        };
-        match r.write(decoded) {
-            Ok(()) => Ok(()),
-            // With graceful bail-out the sink already has every byte so far, unchanged
-            // past the point of failure; the rest of the page goes through as it is.
-            Err(RewritingError::MemoryLimitExceeded(_)) => {
-                tracing::warn!("HTML rewriter memory limit reached; rest of page unrewritten");
-                self.rewriter = None;
-                Ok(())
-            }
-            Err(e) => {
-                self.rewriter = None;
-                Err(ProxyError::Rewrite(e.to_string()))
-            }
+        let (hosts, service) = (&*self.hosts, self.service.as_str());
+        self.scanner.push(decoded, out, &mut |tag, to| {
+            rewrite_tag(hosts, service, tag, to)
+        });
+        if self.scanner.gave_up() && !self.warned {
+            self.warned = true;
+            tracing::warn!("HTML rewriter memory limit reached; rest of page unrewritten");
         }
-    }
-}
-
-fn settings(plan: &HtmlPlan, hosts: &Arc<HostMap>, service: &str) -> Settings<'static, 'static> {
-    let s = base_settings(plan);
-    let Some(all) = all_elements() else {
-        tracing::error!("the rewriter's selector does not parse");
-        return s;
-    };
-    let (hosts, service) = (Arc::clone(hosts), service.to_owned());
-    s.append_element_content_handler((
-        Cow::Borrowed(all),
-        ElementContentHandlers::default()
-            .element(move |el: &mut Element<'_, '_>| rewrite_element(&hosts, &service, el)),
-    ))
-}
-
-fn base_settings(plan: &HtmlPlan) -> Settings<'static, 'static> {
-    let s = Settings::new_send()
-        // Non-strict: on markup lol_html finds ambiguous it carries on rather than failing
-        // the page; at worst a link there stays unrewritten.
-        .with_strict(false)
-        .with_memory_settings(
-            MemorySettings::new()
-                .with_max_allowed_memory_usage(REWRITER_MEMORY)
-                .with_graceful_bail_out_on_memory_limit_exceeded(true),
-        );
-    match plan.charset.and_then(AsciiCompatibleEncoding::new) {
-        Some(e) => s.with_encoding(e),
-        None => s.with_adjust_charset_on_meta_tag(true),
     }
 }
 
@@ -271,113 +210,13 @@ pub(super) fn rewrite_body(
     service: &str,
     chunks: &[&[u8]],
 ) -> Result<Vec<u8>, ProxyError> {
-    collect(
-        HtmlStream::new(plan, Arc::clone(hosts), service.to_owned()),
-        chunks,
-    )
-}
-
-fn collect(mut stream: HtmlStream, chunks: &[&[u8]]) -> Result<Vec<u8>, ProxyError> {
+    let mut stream = HtmlStream::new(plan, Arc::clone(hosts), service.to_owned());
     let mut out = Vec::new();
     for c in chunks {
         out.extend_from_slice(&stream.push(c)?);
     }
     out.extend_from_slice(&stream.finish()?);
     Ok(out)
-}
-
-/// The rewriter as it was before one handler for all elements (a `[attr]` selector and
-/// handler per attribute, `meta[http-equiv][content]` for refresh, selectors parsed per
-/// page): kept only as the reference the tests compare the single handler with, on pages
-/// where the two could part (foreign content, templates, odd spellings). Not compiled into
-/// the gateway.
-#[cfg(test)]
-pub(super) fn rewrite_body_per_selector(
-    plan: &HtmlPlan,
-    hosts: &Arc<HostMap>,
-    service: &str,
-    chunks: &[&[u8]],
-) -> Result<Vec<u8>, ProxyError> {
-    use std::sync::OnceLock;
-    type Rewrite = fn(&HostMap, &str, &str) -> Option<String>;
-    // Parsed once per process, as they were.
-    static SELECTORS: OnceLock<Option<Vec<(&'static str, &'static Selector)>>> = OnceLock::new();
-    let selectors = SELECTORS
-        .get_or_init(|| {
-            [
-                "href",
-                "src",
-                "action",
-                "formaction",
-                "poster",
-                "data",
-                "srcset",
-                "imagesrcset",
-                "style",
-            ]
-            .into_iter()
-            .map(|a| {
-                let s: Selector = format!("[{a}]").parse().ok()?;
-                Some((a, &*Box::leak(Box::new(s))))
-            })
-            .chain(std::iter::once(
-                "meta[http-equiv][content]"
-                    .parse::<Selector>()
-                    .ok()
-                    .map(|s| ("meta", &*Box::leak(Box::new(s)))),
-            ))
-            .collect()
-        })
-        .as_ref()
-        .ok_or_else(|| ProxyError::Rewrite("a reference selector does not parse".into()))?;
-    let mut s = base_settings(plan);
-    for &(attr, selector) in selectors {
-        let (hosts, service) = (Arc::clone(hosts), service.to_owned());
-        let rewrite: Rewrite = match attr {
-            "srcset" | "imagesrcset" => rewrite_srcset,
-            "style" => rewrite_css_urls,
-            _ => |h, svc, v| h.rewrite_link(svc, v),
-        };
-        let handler = move |el: &mut Element<'_, '_>| {
-            if attr == "meta" {
-                let refresh = el
-                    .get_attribute("http-equiv")
-                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
-                if let Some(new) = el
-                    .get_attribute("content")
-                    .filter(|_| refresh)
-                    .and_then(|v| super::headers::rewrite_refresh(&hosts, &service, &v))
-                {
-                    el.set_attribute("content", &new)?;
-                }
-            } else if let Some(new) = el
-                .get_attribute(attr)
-                .and_then(|v| rewrite(&hosts, &service, &v))
-            {
-                el.set_attribute(attr, &new)?;
-            }
-            Ok(())
-        };
-        s = s.append_element_content_handler((
-            Cow::Borrowed(selector),
-            ElementContentHandlers::default().element(handler),
-        ));
-    }
-    collect(HtmlStream::with_settings(plan, s), chunks)
-}
-
-/// `*`, parsed once per process. One handler for every element, looking at its attributes
-/// by name, costs far less than one `[attr]` selector per rewritten attribute: lol_html
-/// matches each selector on every start tag and calls each matching handler separately.
-/// Leaked once on purpose to give lol_html the `'static` borrow it wants.
-fn all_elements() -> Option<&'static Selector> {
-    use std::sync::OnceLock;
-    static ALL: OnceLock<Option<&'static Selector>> = OnceLock::new();
-    *ALL.get_or_init(|| {
-        "*".parse::<Selector>()
-            .ok()
-            .map(|s| &*Box::leak(Box::new(s)))
-    })
 }
 
 /// What is done with an attribute's value, by its (lowercase) name.
@@ -395,7 +234,7 @@ enum Kind {
 }
 
 /// The attributes the rewriter reads, with a bit each so that a repeated attribute is
-/// seen once: HTML keeps the first of two same-named attributes, as `set_attribute` does.
+/// seen once: HTML keeps the first of two same-named attributes.
 const ATTRIBUTES: &[(&str, Kind)] = &[
     ("href", Kind::Link),
     ("src", Kind::Link),
@@ -410,55 +249,104 @@ const ATTRIBUTES: &[(&str, Kind)] = &[
     ("content", Kind::Content),
 ];
 
-fn rewrite_element(hosts: &HostMap, service: &str, el: &mut Element<'_, '_>) -> HandlerResult {
-    let attributes = el.attributes();
-    if attributes.is_empty() {
-        return Ok(());
+/// An attribute value as text: as it is when it is UTF-8 (the usual case), else each
+/// byte as the character of that number. Rewriting keeps everything after the
+/// authority as it was, and [`from_text`] turns such text back into the same bytes, so a
+/// page in windows-1252 or ISO-8859-1 keeps its bytes.
+fn as_text(v: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(v.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
+fn from_text(original: &[u8], new: String) -> Option<Vec<u8>> {
+    if std::str::from_utf8(original).is_ok() {
+        return Some(new.into_bytes());
+    }
+    new.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
+}
+
+/// Rewrites one start tag's links; writes the new tag to `out` and says so, or leaves it.
+/// A changed tag is written as lol_html writes one: `<name`, each attribute as it was or,
+/// when changed, as `name="value"` (a `"` in it as `&quot;`), then `>` or ` />`.
+fn rewrite_tag(hosts: &HostMap, service: &str, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool {
+    if tag.attrs.is_empty() {
+        return false;
     }
     let mut seen = 0u16;
     let mut refresh = false;
     let mut content = None;
     // Rarely more than one per element; a Vec allocates only when something changes.
-    let mut changes: Vec<(&'static str, String)> = Vec::new();
-    for attr in attributes {
-        let name = attr.name();
-        let Some(i) = ATTRIBUTES.iter().position(|(n, _)| *n == name) else {
+    let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (n, attr) in tag.attrs.iter().enumerate() {
+        let name = tag.bytes(&attr.name);
+        let Some(i) = ATTRIBUTES
+            .iter()
+            .position(|(a, _)| a.len() == name.len() && a.as_bytes().eq_ignore_ascii_case(name))
+        else {
             continue;
         };
         if seen & (1 << i) != 0 {
             continue;
         }
         seen |= 1 << i;
-        let (name, kind) = ATTRIBUTES[i];
-        let value = attr.value();
+        let Some(value) = attr.value.as_ref().map(|v| tag.bytes(v)) else {
+            continue;
+        };
+        let kind = ATTRIBUTES[i].1;
         let new = match kind {
-            Kind::Link => hosts.rewrite_link(service, &value),
-            Kind::Srcset => rewrite_srcset(hosts, service, &value),
-            Kind::Css => rewrite_css_urls(hosts, service, &value),
+            Kind::Link => hosts.rewrite_link(service, &as_text(value)),
+            Kind::Srcset => rewrite_srcset(hosts, service, &as_text(value)),
+            Kind::Css => rewrite_css_urls(hosts, service, &as_text(value)),
             Kind::HttpEquiv => {
-                refresh = value.trim().eq_ignore_ascii_case("refresh");
+                refresh = as_text(value).trim().eq_ignore_ascii_case("refresh");
                 None
             }
             Kind::Content => {
-                content = Some(value);
+                content = Some((n, value));
                 None
             }
         };
-        if let Some(new) = new {
-            changes.push((name, new));
+        if let Some(new) = new.and_then(|new| from_text(value, new)) {
+            changes.push((n, new));
         }
     }
     if refresh
-        && let Some(new) = content
-            .and_then(|v| super::headers::rewrite_refresh(hosts, service, &v))
-            .filter(|_| el.tag_name() == "meta")
+        && tag.bytes(&tag.name).eq_ignore_ascii_case(b"meta")
+        && let Some((n, value)) = content
+        && let Some(new) = super::headers::rewrite_refresh(hosts, service, &as_text(value))
+            .and_then(|new| from_text(value, new))
     {
-        changes.push(("content", new));
+        changes.push((n, new));
     }
-    for (name, value) in changes {
-        el.set_attribute(name, &value)?;
+    if changes.is_empty() {
+        return false;
     }
-    Ok(())
+    out.push(b'<');
+    out.extend_from_slice(tag.bytes(&tag.name));
+    for (n, attr) in tag.attrs.iter().enumerate() {
+        out.push(b' ');
+        match changes.iter().find(|(c, _)| *c == n) {
+            Some((_, new)) => {
+                out.extend_from_slice(tag.bytes(&attr.name));
+                out.extend_from_slice(b"=\"");
+                for &b in new {
+                    if b == b'"' {
+                        out.extend_from_slice(b"&quot;");
+                    } else {
+                        out.push(b);
+                    }
+                }
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(&tag.buf[attr.name.start..attr.end]),
+        }
+    }
+    out.extend_from_slice(if tag.self_closing { b" />" } else { b">" });
+    true
 }
 
 /// Each candidate URL of a `srcset` (`url [descriptor], url [descriptor]`). Following the

@@ -9,7 +9,7 @@ use url::Url;
 
 use super::headers::{Coding, HtmlPlan, rewrite_refresh, rewrite_response, scrub_request};
 use super::hosts::{HostKind, HostMap, HostMapError};
-use super::html::{rewrite_body, rewrite_body_per_selector, rewrite_css_urls, rewrite_srcset};
+use super::html::{oracle, rewrite_body, rewrite_css_urls, rewrite_srcset};
 use super::{Forward, ProxyError, Timeouts, release_header_name, upstream_uri};
 use crate::config::Scheme;
 use crate::ids::ServiceId;
@@ -505,30 +505,183 @@ fn every_rewritten_attribute_kind_in_one_page_encoded_or_not() {
     }
 }
 
-#[test]
-fn the_single_handler_rewrites_as_one_selector_per_attribute_did() {
+/// The scanner's output, in chunks of `size`, against lol_html's on the whole page.
+fn scanner_and_lol_html(page: &[u8], size: usize) -> (String, String) {
     let hosts = Arc::new(map(Scheme::Http));
+    let p = plan(Coding::Identity);
+    let chunks: Vec<&[u8]> = page.chunks(size.max(1)).collect();
+    let ours = rewrite_body(&p, &hosts, "avis", &chunks).unwrap();
+    let theirs = oracle::rewrite_decoded(&p, &hosts, "avis", &[page]).unwrap();
+    (
+        String::from_utf8_lossy(&ours).into_owned(),
+        String::from_utf8_lossy(&theirs).into_owned(),
+    )
+}
+
+#[test]
+fn the_scanner_rewrites_as_lol_html_does() {
     let pages = [
         PAGE,
         r#"<META HTTP-EQUIV=refresh CONTENT="0;URL='https://cdn.avis.example/x'"><p style="a:url(https://www.avis.example/a)" src="https://www.avis.example/s">"#,
+        r#"<meta content="0; url=https://www.avis.example/first" http-equiv=" Refresh "/>"#,
         r#"<div http-equiv="refresh" content="0; url=https://www.avis.example/x"></div>"#,
         r#"<img src=https://www.avis.example/a src=https://cdn.avis.example/b srcset="//cdn.avis.example/c 2x">"#,
+        r#"<img src=https://www.avis.example/a/><img src = 'https://www.avis.example/"q"' / ><a href=https://www.avis.example/a href>"#,
         r#"<svg><a href="https://www.avis.example/svg"/></svg><math><mi href="https://www.avis.example/m"/></math>"#,
-        r#"<template><a href="https://www.avis.example/t">t</a></template><noscript><img src="https://cdn.avis.example/n"></noscript>"#,
+        r#"<svg><style><a href="https://www.avis.example/in-svg-style"></style><![CDATA[ <a href="https://www.avis.example/cdata"> ]]><p><style><a href="https://www.avis.example/raw"></style>"#,
+        r#"<svg><foreignObject><style><a href="https://www.avis.example/raw"></style></foreignObject><title><a href="https://www.avis.example/t"></title></svg>"#,
+        r#"<math><annotation-xml encoding="text/html"><style><a href="https://www.avis.example/raw"></style></annotation-xml></math><a href="https://www.avis.example/after">"#,
+        r#"<template><a href="https://www.avis.example/t">t</a></template>"#,
         r#"<a href="  https://www.avis.example/space  ">x</a><a href="https://www.avis.example/&quot;q">q</a>"#,
+        r#"<!-- <a href="https://www.avis.example/c1"> --><!--><a href="https://www.avis.example/a1"><!---><a href="https://www.avis.example/a2"><!-- --!><a href="https://www.avis.example/a3"><!-- -- ><a href="https://www.avis.example/c2"> -->"#,
+        r#"<!DOCTYPE html><?php x ?><a href="https://www.avis.example/d"></ a href="https://www.avis.example/e"></><a href="https://www.avis.example/f">"#,
+        r#"<script>if (a<b) x = '<a href="https://www.avis.example/js">';</script ><a href="https://www.avis.example/after">"#,
+        r#"<script><!-- document.write("<script src='https://www.avis.example/x.js'></script>") //--></script><img src="https://cdn.avis.example/i">"#,
+        r#"<script><!--></script><img src="https://cdn.avis.example/i"><SCRIPT><!-- <script> </script> --> </script><img src="https://cdn.avis.example/j">"#,
+        r#"<title><a href="https://www.avis.example/no"></title ><textarea><img src="https://www.avis.example/no"></textarea/><xmp><a href="https://www.avis.example/no"></xmp><iframe><a href="https://www.avis.example/no"></iframe><a href="https://www.avis.example/yes">"#,
+        r#"<a title='>' href="https://www.avis.example/q" data-x="<a href='https://www.avis.example/n'>">x</a><a =href="https://www.avis.example/odd" href=https://www.avis.example/ok>"#,
+        "<a\thref\n=\r\n'https://www.avis.example/ws'\x0c>x</a>",
+        r#"<plaintext><a href="https://www.avis.example/no">"#,
     ];
     for page in pages {
-        for size in [page.len(), 5] {
-            let chunks: Vec<&[u8]> = page.as_bytes().chunks(size).collect();
-            let p = plan(Coding::Identity);
-            let new = rewrite_body(&p, &hosts, "avis", &chunks).unwrap();
-            let old = rewrite_body_per_selector(&p, &hosts, "avis", &chunks).unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&new),
-                String::from_utf8_lossy(&old),
-                "{page}"
-            );
+        for size in [page.len(), 1, 2, 3, 5, 7, 64] {
+            let (ours, theirs) = scanner_and_lol_html(page.as_bytes(), size);
+            assert_eq!(ours, theirs, "{page} in chunks of {size}");
         }
+    }
+}
+
+#[test]
+fn noscript_links_are_rewritten_for_browsers_without_scripts() {
+    // lol_html reads `<noscript>` as text, as a browser with scripting on does; the
+    // scanner rewrites its links, which only a browser without scripting follows.
+    let hosts = Arc::new(map(Scheme::Http));
+    let page = br#"<noscript><img src="https://cdn.avis.example/n"></noscript>"#;
+    let out = rewrite_body(&plan(Coding::Identity), &hosts, "avis", &[page]).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"<noscript><img src="http://avis--1.bib.localhost:8080/n"></noscript>"#
+    );
+}
+
+#[test]
+fn a_page_in_a_single_byte_encoding_keeps_its_bytes() {
+    let hosts = Arc::new(map(Scheme::Http));
+    // ISO-8859-1 `ø` (0xF8) in the path and the text.
+    let page = b"<a href=\"https://www.avis.example/s\xf8k\">s\xf8k</a>";
+    let out = rewrite_body(&plan(Coding::Identity), &hosts, "avis", &[page]).unwrap();
+    assert_eq!(
+        out,
+        b"<a href=\"http://avis.bib.localhost:8080/s\xf8k\">s\xf8k</a>"
+    );
+}
+
+#[test]
+fn a_tag_longer_than_the_limit_passes_and_so_does_the_rest() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let mut page = b"<a href=\"https://www.avis.example/a\"><img src=\"data:".to_vec();
+    page.extend(std::iter::repeat_n(b'A', 5 * 1024 * 1024));
+    page.extend_from_slice(b"\"><a href=\"https://www.avis.example/b\">");
+    let chunks: Vec<&[u8]> = page.chunks(16 * 1024).collect();
+    let out = rewrite_body(&plan(Coding::Identity), &hosts, "avis", &chunks).unwrap();
+    assert!(out.starts_with(b"<a href=\"http://avis.bib.localhost:8080/a\">"));
+    assert!(out.ends_with(b"<a href=\"https://www.avis.example/b\">"));
+    assert_eq!(
+        out.len(),
+        page.len() - "https://www.avis.example".len() + "http://avis.bib.localhost:8080".len()
+    );
+}
+
+/// Pieces of HTML to build pages from: markup the scanner must read as a browser does,
+/// links to rewrite in places that count and places that do not.
+fn html_piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
+    proptest::sample::select(vec![
+        "x",
+        " ",
+        "\n",
+        "&amp;",
+        "<",
+        ">",
+        "a < b",
+        "-",
+        "--",
+        "!",
+        "/",
+        "'",
+        "\"",
+        "=",
+        r#"<a href="https://www.avis.example/p">"#,
+        r#"<A HREF='//cdn.avis.example/q' href="https://www.avis.example/second">"#,
+        "<img src=https://cdn.avis.example/i.png/>",
+        r#"<img srcset="https://cdn.avis.example/1 1x, /2 2x" src = "https://film.example/x" />"#,
+        r#"<div style="background:url(https://www.avis.example/bg)">"#,
+        r#"<meta http-equiv=refresh content="0;url=https://www.avis.example/r">"#,
+        r#"<form action="http://img.avis.example:8081/f"><button formaction=https://www.avis.example/b>"#,
+        "<a title='x\"y' href='https://www.avis.example/\"'>",
+        "<a href",
+        "<a href=",
+        "=\"https://www.avis.example/x\"",
+        "<p",
+        "<b ",
+        "</a>",
+        "</p>",
+        "</ a>",
+        "</>",
+        "<!--",
+        "-->",
+        "--!>",
+        "<!-->",
+        "<!DOCTYPE html>",
+        "<?x?>",
+        "<!x>",
+        "<script>",
+        "</script>",
+        "</script ",
+        "<script><!--",
+        "<!--<script>",
+        "<style>",
+        "</style>",
+        "<title>",
+        "</title>",
+        "<textarea>",
+        "</textarea>",
+        "<xmp>",
+        "</xmp>",
+        "<iframe>",
+        "</iframe>",
+        "<svg>",
+        "</svg>",
+        "<math>",
+        "</math>",
+        "<mi>",
+        "</mi>",
+        "<desc>",
+        "</desc>",
+        "<foreignObject>",
+        "</foreignObject>",
+        "<font color=red>",
+        "<font>",
+        "<![CDATA[",
+        "]]>",
+        r#"<annotation-xml encoding="text/html">"#,
+        "</annotation-xml>",
+        "<br>",
+        "</br>",
+        "<p>",
+    ])
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn the_scanner_agrees_with_lol_html_on_any_page_in_any_chunks(
+        pieces in proptest::collection::vec(html_piece(), 0..40),
+        size in 1usize..40,
+    ) {
+        let page = pieces.concat();
+        let (ours, theirs) = scanner_and_lol_html(page.as_bytes(), size);
+        proptest::prop_assert_eq!(ours, theirs, "{}", page);
     }
 }
 
