@@ -50,6 +50,7 @@ pub struct App {
     pub rate_limits: crate::service_host::RateLimits,
     /// Released attribute headers per session and service (the pseudonym is an HMAC).
     pub release_cache: crate::service_host::ReleaseCache,
+    pub verified_cookies: crate::service_host::VerifiedCookies,
     /// `bib.example.no` or `bib.localhost:8080`, lower case.
     pub public_host: String,
     pub public_scheme: Scheme,
@@ -201,6 +202,7 @@ impl App {
             binding_key,
             rate_limits,
             release_cache: Default::default(),
+            verified_cookies: Default::default(),
             public_host: parts.public_host.to_ascii_lowercase(),
             secure_cookies: parts.public_scheme == Scheme::Https,
             public_scheme: parts.public_scheme,

@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use url::Url;
 
 use super::Forward;
-use super::hosts::{HostKind, HostMap};
+use super::hosts::{HostKind, HostMap, Links};
 use crate::config::Scheme;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
@@ -357,6 +357,11 @@ fn rewrite_each(h: &mut HeaderMap, name: HeaderName, f: impl Fn(&str) -> Option<
 /// `5; url=https://origin/x` (also `5;URL='…'`, `0, …`): the URL part rewritten.
 /// Shared with `<meta http-equiv=refresh content=…>`.
 pub(super) fn rewrite_refresh(hosts: &HostMap, service: &str, value: &str) -> Option<String> {
+    refresh_links(hosts.links(service)?, value)
+}
+
+/// [`rewrite_refresh`] with the service's origins at hand.
+pub(super) fn refresh_links(links: Links<'_>, value: &str) -> Option<String> {
     let sep = value.find([';', ','])?;
     let (head, rest) = value.split_at(sep + 1);
     let trimmed = rest.trim_start();
@@ -377,7 +382,7 @@ pub(super) fn rewrite_refresh(hosts: &HostMap, service: &str, value: &str) -> Op
             close = &value[url_start + end..];
         }
     }
-    let new = hosts.rewrite_link(service, url)?;
+    let new = links.rewrite(url)?;
     Some(format!("{}{new}{close}", &value[..url_start]))
 }
 

@@ -222,12 +222,42 @@ impl HostMap {
     /// the authority so that the rest (entities, odd escapes) stays byte for byte. `None`:
     /// relative, foreign, or not a URL we understand; leave it alone.
     pub fn rewrite_link(&self, service: &str, raw: &str) -> Option<String> {
-        self.rewrite_link_with(service, raw, true)
+        self.links(service)?.rewrite(raw)
+    }
+
+    /// `service`'s origins, looked up once for many links (a page's).
+    pub(crate) fn links(&self, service: &str) -> Option<Links<'_>> {
+        self.by_service.get(service).map(|t| Links(t))
+    }
+
+    fn rewrite_link_with(&self, service: &str, raw: &str, fast: bool) -> Option<String> {
+        self.links(service)?.rewrite_with(raw, fast)
+    }
+
+    /// [`Self::rewrite_link`] through `Url::parse` alone: the reference the fast matcher is
+    /// tested against, and the benchmark's "before".
+    #[doc(hidden)]
+    pub fn rewrite_link_by_url(&self, service: &str, raw: &str) -> Option<String> {
+        self.rewrite_link_with(service, raw, false)
+    }
+}
+
+/// A service's origins, to rewrite links to them: [`HostMap::links`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Links<'a>(&'a [LinkTarget]);
+
+impl Links<'_> {
+    /// Rewrites an absolute (`http://`, `https://`) or protocol-relative (`//host/…`) link
+    /// to one of `service`'s origins onto its service host, touching only the part up to
+    /// the authority so that the rest (entities, odd escapes) stays byte for byte. `None`:
+    /// relative, foreign, or not a URL we understand; leave it alone.
+    pub fn rewrite(&self, raw: &str) -> Option<String> {
+        self.rewrite_with(raw, true)
     }
 
     /// `fast`: compare the authority's bytes with the origins' where that decides (see
     /// [`SimpleAuthority`]); else, and always when `fast` is off, through `Url::parse`.
-    fn rewrite_link_with(&self, service: &str, raw: &str, fast: bool) -> Option<String> {
+    fn rewrite_with(&self, raw: &str, fast: bool) -> Option<String> {
         // Browsers strip leading and trailing ASCII whitespace from URL attributes.
         let lead = raw.len() - raw.trim_start().len();
         let s = &raw[lead..];
@@ -240,15 +270,21 @@ impl HostMap {
         } else {
             return None;
         };
-        let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+        let end = rest
+            .bytes()
+            .position(|b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+            .unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
-        if authority.is_empty()
-            || authority.contains('@')
-            || authority.contains(char::is_whitespace)
-        {
+        // `@` and whitespace by bytes (`char::is_whitespace` also counts vertical tab);
+        // Unicode whitespace only where there are non-ASCII characters.
+        let bad = authority
+            .bytes()
+            .any(|b| b == b'@' || b == 0x0B || b.is_ascii_whitespace())
+            || (!authority.is_ascii() && authority.contains(char::is_whitespace));
+        if authority.is_empty() || bad {
             return None;
         }
-        let candidates = self.by_service.get(service)?;
+        let candidates = self.0;
         let simple = if fast {
             SimpleAuthority::parse(authority)
         } else {
@@ -284,13 +320,6 @@ impl HostMap {
         out.push_str(prefix);
         out.push_str(tail);
         Some(out)
-    }
-
-    /// [`Self::rewrite_link`] through `Url::parse` alone: the reference the fast matcher is
-    /// tested against, and the benchmark's "before".
-    #[doc(hidden)]
-    pub fn rewrite_link_by_url(&self, service: &str, raw: &str) -> Option<String> {
-        self.rewrite_link_with(service, raw, false)
     }
 }
 

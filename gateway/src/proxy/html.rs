@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::headers::{Coding, HtmlPlan, Plan};
-use super::hosts::HostMap;
+use super::hosts::{HostMap, Links};
 use super::scan::{Scanner, StartTag};
 use super::{Forward, ProxyError};
 
@@ -192,10 +192,12 @@ impl HtmlStream {
             out.extend_from_slice(decoded);
             return;
         }
-        let (hosts, service) = (&*self.hosts, self.service.as_str());
-        self.scanner.push(decoded, out, &mut |tag, to| {
-            rewrite_tag(hosts, service, tag, to)
-        });
+        let Some(links) = self.hosts.links(&self.service) else {
+            out.extend_from_slice(decoded);
+            return;
+        };
+        self.scanner
+            .push(decoded, out, &mut |tag, to| rewrite_tag(links, tag, to));
         if self.scanner.gave_up() && !self.warned {
             self.warned = true;
             tracing::warn!("HTML rewriter memory limit reached; rest of page unrewritten");
@@ -260,6 +262,21 @@ fn as_text(v: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Whether a URL attribute's value, leading whitespace aside, begins like `//…` or
+/// `http…` (any case): the only links [`Links::rewrite`] can change.
+fn may_be_absolute(v: &[u8]) -> bool {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != 0x0B);
+    match start.map(|i| &v[i..]) {
+        Some([b'/', b'/', ..]) => true,
+        // Non-ASCII: `Links::rewrite` decides (it trims Unicode whitespace too).
+        Some([b, ..]) if *b >= 0x80 => true,
+        Some([h, t, ..]) => h.eq_ignore_ascii_case(&b'h') && t.eq_ignore_ascii_case(&b't'),
+        _ => false,
+    }
+}
+
 fn from_text(original: &[u8], new: String) -> Option<Vec<u8>> {
     if std::str::from_utf8(original).is_ok() {
         return Some(new.into_bytes());
@@ -272,7 +289,7 @@ fn from_text(original: &[u8], new: String) -> Option<Vec<u8>> {
 /// Rewrites one start tag's links; writes the new tag to `out` and says so, or leaves it.
 /// A changed tag is written as lol_html writes one: `<name`, each attribute as it was or,
 /// when changed, as `name="value"` (a `"` in it as `&quot;`), then `>` or ` />`.
-fn rewrite_tag(hosts: &HostMap, service: &str, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool {
+fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool {
     if tag.attrs.is_empty() {
         return false;
     }
@@ -298,9 +315,12 @@ fn rewrite_tag(hosts: &HostMap, service: &str, tag: &StartTag<'_>, out: &mut Vec
         };
         let kind = ATTRIBUTES[i].1;
         let new = match kind {
-            Kind::Link => hosts.rewrite_link(service, &as_text(value)),
-            Kind::Srcset => rewrite_srcset(hosts, service, &as_text(value)),
-            Kind::Css => rewrite_css_urls(hosts, service, &as_text(value)),
+            // Only an absolute or protocol-relative link can name an origin: most values
+            // are told apart by their first bytes, without a look at the rest.
+            Kind::Link if !may_be_absolute(value) => None,
+            Kind::Link => links.rewrite(&as_text(value)),
+            Kind::Srcset => srcset_links(links, &as_text(value)),
+            Kind::Css => css_links(links, &as_text(value)),
             Kind::HttpEquiv => {
                 refresh = as_text(value).trim().eq_ignore_ascii_case("refresh");
                 None
@@ -317,7 +337,7 @@ fn rewrite_tag(hosts: &HostMap, service: &str, tag: &StartTag<'_>, out: &mut Vec
     if refresh
         && tag.bytes(&tag.name).eq_ignore_ascii_case(b"meta")
         && let Some((n, value)) = content
-        && let Some(new) = super::headers::rewrite_refresh(hosts, service, &as_text(value))
+        && let Some(new) = super::headers::refresh_links(links, &as_text(value))
             .and_then(|new| from_text(value, new))
     {
         changes.push((n, new));
@@ -351,7 +371,12 @@ fn rewrite_tag(hosts: &HostMap, service: &str, tag: &StartTag<'_>, out: &mut Vec
 
 /// Each candidate URL of a `srcset` (`url [descriptor], url [descriptor]`). Following the
 /// HTML parsing rules: a URL runs to whitespace, and trailing commas end the candidate.
+#[cfg(test)]
 pub(super) fn rewrite_srcset(hosts: &HostMap, service: &str, value: &str) -> Option<String> {
+    srcset_links(hosts.links(service)?, value)
+}
+
+fn srcset_links(links: Links<'_>, value: &str) -> Option<String> {
     let mut out = String::with_capacity(value.len() + 32);
     let mut changed = false;
     let mut rest = value;
@@ -370,7 +395,7 @@ pub(super) fn rewrite_srcset(hosts: &HostMap, service: &str, value: &str) -> Opt
             .unwrap_or(rest.len());
         let raw_url = &rest[..url_end];
         let url = raw_url.trim_end_matches(',');
-        match hosts.rewrite_link(service, url) {
+        match links.rewrite(url) {
             Some(new) => {
                 out.push_str(&new);
                 changed = true;
@@ -390,7 +415,12 @@ pub(super) fn rewrite_srcset(hosts: &HostMap, service: &str, value: &str) -> Opt
 }
 
 /// `url(…)` in CSS text (a `style` attribute), quoted or not.
+#[cfg(test)]
 pub(super) fn rewrite_css_urls(hosts: &HostMap, service: &str, css: &str) -> Option<String> {
+    css_links(hosts.links(service)?, css)
+}
+
+fn css_links(links: Links<'_>, css: &str) -> Option<String> {
     let mut out = String::with_capacity(css.len() + 32);
     let mut changed = false;
     let mut rest = css;
@@ -415,7 +445,7 @@ pub(super) fn rewrite_css_urls(hosts: &HostMap, service: &str, css: &str) -> Opt
                 (url, &rest[url.len()..])
             }
         };
-        match hosts.rewrite_link(service, url) {
+        match links.rewrite(url) {
             Some(new) => {
                 out.push_str(&new);
                 changed = true;
