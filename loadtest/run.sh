@@ -139,9 +139,10 @@ wait_for() {
     die "$what did not come up within $((${WAIT_TRIES:-100} / 10)) s"
 }
 
-# CPU time (clock ticks, user + system) of a process and its children (nginx's workers).
+# CPU time (clock ticks) of a process and its children (nginx's workers): user + system,
+# then system alone.
 cpu_ticks() {
-    local total=0 p stat rest f kids
+    local total=0 sys=0 p stat rest f kids
     for p in "$@"; do
         if command -v pgrep >/dev/null; then
             kids=$(pgrep -P "$p" || true)
@@ -154,9 +155,10 @@ cpu_ticks() {
             rest=${stat##*) }
             read -r -a f <<<"$rest"
             total=$((total + f[11] + f[12]))
+            sys=$((sys + f[12]))
         done
     done
-    echo "$total"
+    echo "$total $sys"
 }
 
 # --- (a) the origin ------------------------------------------------------------------------
@@ -382,7 +384,7 @@ fi
 # --- Runs ----------------------------------------------------------------------------------
 # run NAME MODE [loadgen args…]: warm-up for closed runs, then the measured run with the CPU
 # time of the server under test (and of the origin) read before and after.
-declare -A LINE SRV_CPU ORIGIN_CPU
+declare -A LINE SRV_CPU SRV_SYS ORIGIN_CPU
 server_pid() {
     case "$1" in
     direct) echo "$ORIGIN_PID" ;;
@@ -402,7 +404,7 @@ target_args() {
 json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]:-}" | tr -d '"'; }
 
 run() {
-    local name=$1 mode=$2 pid s0 s1 o0 o1 n
+    local name=$1 mode=$2 pid s0 s1 k0 k1 o0 o1 n
     shift 2
     local args
     read -r -a args <<<"$(target_args "$name")"
@@ -413,14 +415,15 @@ run() {
     fi
     pid=$(server_pid "$name")
     # shellcheck disable=SC2086 # one or two pids
-    s0=$(cpu_ticks $pid); o0=$(cpu_ticks "$ORIGIN_PID")
+    read -r s0 k0 < <(cpu_ticks $pid); read -r o0 _ < <(cpu_ticks "$ORIGIN_PID")
     LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$mode" "$@" "${args[@]}" \
         --connections "$CONNECTIONS" --duration "$DURATION" --label "$name") ||
         die "the $mode run against $name failed"
     # shellcheck disable=SC2086
-    s1=$(cpu_ticks $pid); o1=$(cpu_ticks "$ORIGIN_PID")
+    read -r s1 k1 < <(cpu_ticks $pid); read -r o1 _ < <(cpu_ticks "$ORIGIN_PID")
     n=$(json "$name.$mode" requests)
     SRV_CPU[$name.$mode]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
+    SRV_SYS[$name.$mode]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     ORIGIN_CPU[$name.$mode]=$(awk -v t=$((o1 - o0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     local bad
     bad=$(($(json "$name.$mode" errors) + $(json "$name.$mode" non_2xx)))
@@ -447,7 +450,7 @@ echo
 echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
 echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
 echo
-printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req origin_us/req
+printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req
 for t in direct nginx "${PV_TARGETS[@]}"; do
     for m in closed rate; do
         if [ -z "${LINE[$t.$m]:-}" ]; then
@@ -457,13 +460,14 @@ for t in direct nginx "${PV_TARGETS[@]}"; do
         awk -v t="$t" -v m="$m" -v rps="$(json "$t.$m" rps)" -v p50="$(json "$t.$m" p50_us)" \
             -v p99="$(json "$t.$m" p99_us)" -v mx="$(json "$t.$m" max_us)" \
             -v err=$(($(json "$t.$m" errors) + $(json "$t.$m" non_2xx))) \
-            -v cpu="${SRV_CPU[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
-            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
+            -v cpu="${SRV_CPU[$t.$m]}" -v sys="${SRV_SYS[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
+            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, sys, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
     done
 done
 echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt,"
 echo " portvakt and redis-server together for portvakt-redis — user+system CPU time during the run"
-echo " divided by the requests; origin_us/req: the origin's)"
+echo " divided by the requests; sys_us/req: the part of it spent in the kernel (loopback TCP,"
+echo " epoll); origin_us/req: the origin's)"
 echo
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }

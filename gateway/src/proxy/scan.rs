@@ -133,6 +133,8 @@ pub(super) struct Scanner {
     /// The unscanned end of the last chunk: a construct waiting for its end.
     carry: Vec<u8>,
     attrs: Vec<Attr>,
+    /// How far a tag cut off at the end of the last chunk was read (it is at 0 of `carry`).
+    resume: Option<Resume>,
     /// Where a rewritten tag is written before it is known to be one.
     scratch: Vec<u8>,
     limit: usize,
@@ -148,6 +150,7 @@ impl Scanner {
             ns_overflow: 0,
             carry: Vec::new(),
             attrs: Vec::new(),
+            resume: None,
             scratch: Vec::new(),
             limit,
             passthrough: false,
@@ -183,6 +186,7 @@ impl Scanner {
         }
         if self.carry.len() > self.limit {
             out.append(&mut self.carry);
+            self.resume = None;
             self.passthrough = true;
         }
     }
@@ -191,6 +195,7 @@ impl Scanner {
     /// a tag cut off by the end; it is not ours to change).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.carry);
+        self.resume = None;
     }
 
     /// Scans `buf` from the start, writing to `out`; returns how much of it was used (the
@@ -304,20 +309,22 @@ impl Scanner {
                     return Step::At(lt + 2);
                 }
                 let mut attrs = std::mem::take(&mut self.attrs);
-                let parsed = parse_tag(buf, lt + 2, &mut attrs);
-                self.attrs = attrs;
-                match parsed {
-                    Some(t) => {
+                let resume = self.resume.take().filter(|_| lt == 0);
+                let step = match parse_tag(buf, lt + 2, &mut attrs, resume) {
+                    Ok(t) => {
                         self.end_tag(&buf[t.name]);
                         Step::At(t.end)
                     }
-                    None => Step::NeedMore(lt),
-                }
+                    Err(r) => self.cut_tag(lt, r, &mut attrs),
+                };
+                self.attrs = attrs;
+                step
             }
             c if c.is_ascii_alphabetic() => {
                 let mut attrs = std::mem::take(&mut self.attrs);
-                let step = match parse_tag(buf, lt + 1, &mut attrs) {
-                    Some(t) => {
+                let resume = self.resume.take().filter(|_| lt == 0);
+                let step = match parse_tag(buf, lt + 1, &mut attrs, resume) {
+                    Ok(t) => {
                         let tag = StartTag {
                             buf,
                             name: t.name.clone(),
@@ -325,7 +332,7 @@ impl Scanner {
                             self_closing: t.self_closing,
                         };
                         self.scratch.clear();
-                        if rewrite(&tag, &mut self.scratch) {
+                        if attrs.len() <= MAX_ATTRS && rewrite(&tag, &mut self.scratch) {
                             out.extend_from_slice(&buf[*emitted..lt]);
                             out.extend_from_slice(&self.scratch);
                             *emitted = t.end;
@@ -333,13 +340,25 @@ impl Scanner {
                         self.start_tag(buf, &buf[t.name], &attrs, t.self_closing);
                         Step::At(t.end)
                     }
-                    None => Step::NeedMore(lt),
+                    Err(r) => self.cut_tag(lt, r, &mut attrs),
                 };
                 self.attrs = attrs;
                 step
             }
             _ => Step::At(lt + 1),
         }
+    }
+
+    /// A tag at `lt` runs past the end of the buffer: it is kept (from `lt`, which becomes
+    /// 0) with what was read of it.
+    fn cut_tag(&mut self, lt: usize, resume: Resume, attrs: &mut [Attr]) -> Step {
+        for a in attrs.iter_mut() {
+            a.name = a.name.start - lt..a.name.end - lt;
+            a.value = a.value.take().map(|v| v.start - lt..v.end - lt);
+            a.end -= lt;
+        }
+        self.resume = Some(resume.shifted(lt));
+        Step::NeedMore(lt)
     }
 
     fn text(&mut self, buf: &[u8], mut pos: usize, name: &'static [u8]) -> Step {
@@ -644,35 +663,97 @@ struct TagEnd {
     self_closing: bool,
 }
 
+/// More attributes than this in one tag are not recorded (the tag is then left as it is):
+/// no real page comes near, and it bounds the memory a hostile tag takes.
+const MAX_ATTRS: usize = 1024;
+
+/// Where the reading of a tag cut off by the end of a chunk stopped, relative to its `<`:
+/// it goes on from there when the rest arrives, so that a long tag is read once rather
+/// than once per chunk.
+#[derive(Clone, Debug)]
+enum Resume {
+    /// In the tag name, read up to `at`.
+    Name { at: usize },
+    /// Before an attribute at `at`; the attributes before it are read.
+    Attrs { name: Range<usize>, at: usize },
+}
+
+impl Resume {
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            Self::Name { at } => Self::Name { at: at - by },
+            Self::Attrs { name, at } => Self::Attrs {
+                name: name.start - by..name.end - by,
+                at: at - by,
+            },
+        }
+    }
+}
+
 /// A tag whose name begins at `name_at`, following the tokenizer from the tag name state
-/// to the `>` that ends it. `None`: the buffer ends before the tag does.
-fn parse_tag(buf: &[u8], name_at: usize, attrs: &mut Vec<Attr>) -> Option<TagEnd> {
-    attrs.clear();
+/// to the `>` that ends it, or from where `resume` says an earlier try stopped. `Err`: the
+/// buffer ends before the tag does; where to go on from.
+fn parse_tag(
+    buf: &[u8],
+    name_at: usize,
+    attrs: &mut Vec<Attr>,
+    resume: Option<Resume>,
+) -> Result<TagEnd, Resume> {
     let n = buf.len();
+    let (name, mut i) = match resume {
+        Some(Resume::Attrs { name, at }) => (name, at),
+        resume => {
+            attrs.clear();
+            let mut i = match resume {
+                Some(Resume::Name { at }) => at,
+                _ => name_at,
+            };
+            while i < n && !is_delim(buf[i]) {
+                i += 1;
+            }
+            if i == n {
+                return Err(Resume::Name { at: i });
+            }
+            (name_at..i, i)
+        }
+    };
     let skip = |mut i: usize| {
         while i < n && is_ws(buf[i]) {
             i += 1;
         }
         i
     };
-    let mut i = name_at;
-    while i < n && !is_delim(buf[i]) {
-        i += 1;
-    }
-    let name = name_at..i;
+    let push = |attrs: &mut Vec<Attr>, a: Attr| {
+        if attrs.len() <= MAX_ATTRS {
+            attrs.push(a);
+        }
+    };
     loop {
         i = skip(i);
-        match *buf.get(i)? {
+        let top = i;
+        let cut = || {
+            Err(Resume::Attrs {
+                name: name.clone(),
+                at: top,
+            })
+        };
+        let Some(&c) = buf.get(i) else {
+            return cut();
+        };
+        match c {
             b'>' => {
-                return Some(TagEnd {
+                return Ok(TagEnd {
                     name,
                     end: i + 1,
                     self_closing: false,
                 });
             }
             b'/' => {
-                if *buf.get(i + 1)? == b'>' {
-                    return Some(TagEnd {
+                let Some(&next) = buf.get(i + 1) else {
+                    return cut();
+                };
+                if next == b'>' {
+                    return Ok(TagEnd {
                         name,
                         end: i + 2,
                         self_closing: true,
@@ -691,33 +772,50 @@ fn parse_tag(buf: &[u8], name_at: usize, attrs: &mut Vec<Attr>) -> Option<TagEnd
         }
         let name_end = i;
         let j = skip(i);
-        if *buf.get(j)? != b'=' {
-            attrs.push(Attr {
-                name: start..name_end,
-                value: None,
-                end: name_end,
-            });
+        let Some(&c) = buf.get(j) else {
+            return cut();
+        };
+        if c != b'=' {
+            push(
+                attrs,
+                Attr {
+                    name: start..name_end,
+                    value: None,
+                    end: name_end,
+                },
+            );
             i = j;
             continue;
         }
         let k = skip(j + 1);
-        match *buf.get(k)? {
+        let Some(&c) = buf.get(k) else {
+            return cut();
+        };
+        match c {
             q @ (b'"' | b'\'') => {
-                let close = k + 1 + memchr(q, &buf[k + 1..])?;
-                attrs.push(Attr {
-                    name: start..name_end,
-                    value: Some(k + 1..close),
-                    end: close + 1,
-                });
+                let Some(close) = memchr(q, &buf[k + 1..]).map(|c| k + 1 + c) else {
+                    return cut();
+                };
+                push(
+                    attrs,
+                    Attr {
+                        name: start..name_end,
+                        value: Some(k + 1..close),
+                        end: close + 1,
+                    },
+                );
                 i = close + 1;
             }
             b'>' => {
-                attrs.push(Attr {
-                    name: start..name_end,
-                    value: Some(k..k),
-                    end: k,
-                });
-                return Some(TagEnd {
+                push(
+                    attrs,
+                    Attr {
+                        name: start..name_end,
+                        value: Some(k..k),
+                        end: k,
+                    },
+                );
+                return Ok(TagEnd {
                     name,
                     end: k + 1,
                     self_closing: false,
@@ -729,13 +827,16 @@ fn parse_tag(buf: &[u8], name_at: usize, attrs: &mut Vec<Attr>) -> Option<TagEnd
                     e += 1;
                 }
                 if e == n {
-                    return None;
+                    return cut();
                 }
-                attrs.push(Attr {
-                    name: start..name_end,
-                    value: Some(k..e),
-                    end: e,
-                });
+                push(
+                    attrs,
+                    Attr {
+                        name: start..name_end,
+                        value: Some(k..e),
+                        end: e,
+                    },
+                );
                 i = e;
             }
         }

@@ -592,6 +592,25 @@ fn a_tag_longer_than_the_limit_passes_and_so_does_the_rest() {
     );
 }
 
+#[test]
+fn a_tag_with_very_many_attributes_is_read_once_and_left_as_it_is() {
+    let hosts = Arc::new(map(Scheme::Http));
+    // 3 MiB of attributes in one tag, in 16 kB chunks: its link is left alone (over 1024
+    // attributes), the next one rewritten. The tag is read once, not again with every
+    // chunk (a cost that grew with the square of its length); no timing is asserted.
+    let mut page = b"<a href=\"https://www.avis.example/many\"".to_vec();
+    page.extend(std::iter::repeat_n(&b" x"[..], 3 * 512 * 1024).flatten());
+    page.extend_from_slice(b"><a href=\"https://www.avis.example/next\">");
+    let chunks: Vec<&[u8]> = page.chunks(16 * 1024).collect();
+    let out = rewrite_body(&plan(Coding::Identity), &hosts, "avis", &chunks).unwrap();
+    assert!(out.starts_with(b"<a href=\"https://www.avis.example/many\" x x"));
+    assert!(out.ends_with(b"><a href=\"http://avis.bib.localhost:8080/next\">"));
+    assert_eq!(
+        out.len(),
+        page.len() - "https://www.avis.example".len() + "http://avis.bib.localhost:8080".len()
+    );
+}
+
 /// Pieces of HTML to build pages from: markup the scanner must read as a browser does,
 /// links to rewrite in places that count and places that do not.
 fn html_piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
