@@ -300,6 +300,16 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
     let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
     for (n, attr) in tag.attrs.iter().enumerate() {
         let name = tag.bytes(&attr.name);
+        // Most attributes (`class`, `id`, `rel`, …) are none of ours: a length outside
+        // 3..=11 or an unknown first letter says so at once.
+        if !matches!(name.len(), 3..=11)
+            || !matches!(
+                name[0].to_ascii_lowercase(),
+                b'h' | b's' | b'a' | b'f' | b'p' | b'd' | b'i' | b'c'
+            )
+        {
+            continue;
+        }
         let Some(i) = ATTRIBUTES
             .iter()
             .position(|(a, _)| a.len() == name.len() && a.as_bytes().eq_ignore_ascii_case(name))
@@ -353,13 +363,13 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
             Some((_, new)) => {
                 out.extend_from_slice(tag.bytes(&attr.name));
                 out.extend_from_slice(b"=\"");
-                for &b in new {
-                    if b == b'"' {
-                        out.extend_from_slice(b"&quot;");
-                    } else {
-                        out.push(b);
-                    }
+                let mut rest = &new[..];
+                while let Some(q) = memchr::memchr(b'"', rest) {
+                    out.extend_from_slice(&rest[..q]);
+                    out.extend_from_slice(b"&quot;");
+                    rest = &rest[q + 1..];
                 }
+                out.extend_from_slice(rest);
                 out.push(b'"');
             }
             None => out.extend_from_slice(&tag.buf[attr.name.start..attr.end]),

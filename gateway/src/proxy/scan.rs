@@ -30,12 +30,32 @@ use memchr::{memchr, memchr2};
 
 /// HTML whitespace as the tokenizer sees it (CR included: the input stream turns it to LF).
 fn is_ws(b: u8) -> bool {
-    matches!(b, b'\t' | b'\n' | b'\x0C' | b'\r' | b' ')
+    CLASS[usize::from(b)] & WS != 0
 }
+
+const WS: u8 = 1;
+const DELIM: u8 = 2;
+/// Ends an attribute name: a delimiter or `=`.
+const NAME_END: u8 = 4;
+
+/// Each byte's classes, looked up rather than compared in the scanner's byte loops.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let ws = [b'\t', b'\n', b'\x0C', b'\r', b' '];
+    let mut i = 0;
+    while i < ws.len() {
+        t[ws[i] as usize] = WS | DELIM | NAME_END;
+        i += 1;
+    }
+    t[b'/' as usize] = DELIM | NAME_END;
+    t[b'>' as usize] = DELIM | NAME_END;
+    t[b'=' as usize] = NAME_END;
+    t
+};
 
 /// What ends a tag name in text states: `</script` must be followed by one of these.
 fn is_delim(b: u8) -> bool {
-    is_ws(b) || b == b'/' || b == b'>'
+    CLASS[usize::from(b)] & DELIM != 0
 }
 
 /// One attribute of a tag, as positions in the buffer the tag was found in.
@@ -482,6 +502,16 @@ impl Scanner {
     }
 
     fn start_tag(&mut self, buf: &[u8], name: &[u8], attrs: &[Attr], self_closing: bool) {
+        if self.ns.len() == 1
+            && self.ns_overflow == 0
+            && !matches!(
+                name.first().map(u8::to_ascii_lowercase),
+                Some(b's' | b'x' | b'i' | b'n' | b't' | b'p' | b'm')
+            )
+        {
+            // In HTML content, only the tags named below change anything.
+            return;
+        }
         let mut lower = [0u8; 16];
         let name = lowercase(name, &mut lower);
         let ns = self.current_ns();
@@ -540,6 +570,10 @@ impl Scanner {
     }
 
     fn end_tag(&mut self, name: &[u8]) {
+        if self.ns.len() == 1 && self.ns_overflow == 0 {
+            // Not in foreign content nor an integration point: nothing to leave.
+            return;
+        }
         let mut lower = [0u8; 16];
         let name = lowercase(name, &mut lower);
         let ns = self.current_ns();
@@ -767,7 +801,7 @@ fn parse_tag(
         // Attribute name; a leading `=` is part of it.
         let start = i;
         i += 1;
-        while i < n && !is_delim(buf[i]) && buf[i] != b'=' {
+        while i < n && CLASS[usize::from(buf[i])] & NAME_END == 0 {
             i += 1;
         }
         let name_end = i;
