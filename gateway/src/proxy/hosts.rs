@@ -117,11 +117,19 @@ impl HostMap {
         } else {
             ("http", 80)
         };
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port_or_known_default().unwrap_or(default_port);
+        let canonical = if port == default_port {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        };
         let target = LinkTarget {
             scheme,
-            host: url.host_str().unwrap_or_default().to_owned(),
-            port: url.port_or_known_default().unwrap_or(default_port),
+            host,
+            port,
             default_port,
+            canonical,
             absolute: format!("{}://{service_host}", self.scheme.as_str()),
             relative: format!("//{service_host}"),
             service_host,
@@ -258,6 +266,25 @@ impl Links<'_> {
     /// `fast`: compare the authority's bytes with the origins' where that decides (see
     /// [`SimpleAuthority`]); else, and always when `fast` is off, through `Url::parse`.
     fn rewrite_with(&self, raw: &str, fast: bool) -> Option<String> {
+        if fast {
+            // The origin spelt as `Url` writes it (any case), ending where an authority
+            // ends: the same answer as below, without taking the link apart.
+            let b = raw.as_bytes();
+            for t in self.0 {
+                let c = t.canonical.as_bytes();
+                if b.len() >= c.len()
+                    && b[..c.len()].eq_ignore_ascii_case(c)
+                    && b.get(c.len())
+                        .is_none_or(|x| matches!(x, b'/' | b'?' | b'#' | b'\\'))
+                {
+                    let tail = &raw[c.len()..];
+                    let mut out = String::with_capacity(t.absolute.len() + tail.len());
+                    out.push_str(&t.absolute);
+                    out.push_str(tail);
+                    return Some(out);
+                }
+            }
+        }
         // Browsers strip leading and trailing ASCII whitespace from URL attributes.
         let lead = raw.len() - raw.trim_start().len();
         let s = &raw[lead..];
@@ -334,6 +361,9 @@ struct LinkTarget {
     /// The origin's port, its scheme's default when it has none.
     port: u16,
     default_port: u16,
+    /// `scheme://host[:port]` as `Url` writes the origin (no default port): how most
+    /// links to it are spelt, matched first and by bytes alone.
+    canonical: String,
     /// `label.public_host`.
     service_host: String,
     /// `<gateway scheme>://label.public_host` and `//label.public_host`.
