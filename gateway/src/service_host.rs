@@ -57,20 +57,20 @@ pub fn cookie_value(app: &App, session: &SessionId, label: &str) -> String {
 /// The session a service-host cookie names, if its binding to `label` holds.
 fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<SessionId> {
     let value = pipeline::cookie(headers, cookie_name(app))?;
-    let (id, mac) = value.split_once('.')?;
-    if !app.verified_cookies.holds(value, label) {
-        let expected = app.service_cookie_mac(id, label);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            mac.as_bytes(),
-            expected.as_bytes(),
-        )) {
-            return None;
-        }
-        let session = SessionId::parse(id).ok()?;
-        app.verified_cookies.insert(value, label);
+    if let Some(session) = app.verified_cookies.get(value, label) {
         return Some(session);
     }
-    SessionId::parse(id).ok()
+    let (id, mac) = value.split_once('.')?;
+    let expected = app.service_cookie_mac(id, label);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        mac.as_bytes(),
+        expected.as_bytes(),
+    )) {
+        return None;
+    }
+    let session = SessionId::parse(id).ok()?;
+    app.verified_cookies.insert(value, label, &session);
+    Some(session)
 }
 
 /// Service-host cookies whose mac has been checked, each with the host label it binds to:
@@ -81,8 +81,11 @@ fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<Se
 /// store is still asked for on every request (an ended session ends access at once).
 #[derive(Default)]
 pub struct VerifiedCookies {
-    labels: Mutex<HashMap<Box<str>, Box<str>>>,
+    labels: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A checked cookie's host label and the session it names.
+type Verified = (Box<str>, SessionId);
 
 impl std::fmt::Debug for VerifiedCookies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,18 +96,19 @@ impl std::fmt::Debug for VerifiedCookies {
 impl VerifiedCookies {
     pub const MAX: usize = 100_000;
 
-    fn holds(&self, cookie: &str, label: &str) -> bool {
-        self.labels
-            .lock()
-            .is_ok_and(|m| m.get(cookie).is_some_and(|l| **l == *label))
+    /// The session of a cookie checked before for `label`.
+    fn get(&self, cookie: &str, label: &str) -> Option<SessionId> {
+        let m = self.labels.lock().ok()?;
+        let (l, session) = m.get(cookie)?;
+        (**l == *label).then(|| session.clone())
     }
 
-    fn insert(&self, cookie: &str, label: &str) {
+    fn insert(&self, cookie: &str, label: &str, session: &SessionId) {
         if let Ok(mut m) = self.labels.lock() {
             if m.len() >= Self::MAX {
                 m.clear();
             }
-            m.insert(cookie.into(), label.into());
+            m.insert(cookie.into(), (label.into(), session.clone()));
         }
     }
 }
@@ -493,17 +497,21 @@ mod tests {
     #[test]
     fn a_verified_cookie_holds_only_for_its_label_and_the_cache_is_bounded() {
         let c = VerifiedCookies::default();
-        assert!(!c.holds("abc.mac", "avis"));
-        c.insert("abc.mac", "avis");
-        assert!(c.holds("abc.mac", "avis"));
-        assert!(!c.holds("abc.mac", "film"), "another host's label");
-        assert!(!c.holds("abc.maC", "avis"), "another mac");
+        let s = SessionId::generate().unwrap();
+        assert!(c.get("abc.mac", "avis").is_none());
+        c.insert("abc.mac", "avis", &s);
+        assert!(c.get("abc.mac", "avis") == Some(s.clone()));
+        assert!(c.get("abc.mac", "film").is_none(), "another host's label");
+        assert!(c.get("abc.maC", "avis").is_none(), "another mac");
         for i in 0..VerifiedCookies::MAX {
-            c.insert(&format!("s{i}.m"), "avis");
+            c.insert(&format!("s{i}.m"), "avis", &s);
         }
         // Emptied on passing the bound, then filled again.
-        assert!(!c.holds("abc.mac", "avis"));
-        assert!(c.holds(&format!("s{}.m", VerifiedCookies::MAX - 1), "avis"));
+        assert!(c.get("abc.mac", "avis").is_none());
+        assert!(
+            c.get(&format!("s{}.m", VerifiedCookies::MAX - 1), "avis")
+                .is_some()
+        );
         assert!(c.labels.lock().unwrap().len() <= VerifiedCookies::MAX);
     }
 

@@ -39,15 +39,17 @@ pub enum SessionError {
     Random(getrandom::Error),
 }
 
-/// 32 random bytes; the base of [`SessionId`] and [`Ticket`].
+/// 32 random bytes; the base of [`SessionId`] and [`Ticket`]. The store key (the
+/// bytes' SHA-256) is worked out once per value, on first use: a session id kept by the
+/// service hosts' cookie cache costs no hashing on later requests.
 #[derive(Clone)]
-struct Token([u8; TOKEN_BYTES]);
+struct Token([u8; TOKEN_BYTES], std::sync::OnceLock<[u8; 32]>);
 
 impl Token {
     fn generate() -> Result<Self, SessionError> {
         let mut bytes = [0u8; TOKEN_BYTES];
         getrandom::fill(&mut bytes).map_err(SessionError::Random)?;
-        Ok(Self(bytes))
+        Ok(Self(bytes, Default::default()))
     }
 
     /// Exactly 43 base64url characters that decode to 32 bytes. data-encoding's predefined
@@ -59,7 +61,7 @@ impl Token {
         }
         let mut bytes = [0u8; TOKEN_BYTES];
         match BASE64URL_NOPAD.decode_mut(s.as_bytes(), &mut bytes) {
-            Ok(TOKEN_BYTES) => Ok(Self(bytes)),
+            Ok(TOKEN_BYTES) => Ok(Self(bytes, Default::default())),
             _ => Err(SessionError::Malformed),
         }
     }
@@ -71,7 +73,7 @@ impl Token {
     /// The key a store files the token under: its SHA-256, so a dump of the store (a Redis
     /// snapshot, a persisted file) holds no id that could be replayed as a cookie.
     fn lookup_key(&self) -> [u8; 32] {
-        Sha256::digest(self.0).into()
+        *self.1.get_or_init(|| Sha256::digest(self.0).into())
     }
 }
 
