@@ -104,6 +104,8 @@ impl VerifiedCookies {
     }
 
     fn insert(&self, cookie: &str, label: &str, session: &SessionId) {
+        // Worked out now, so that every copy handed out carries it.
+        let _ = session.lookup_key();
         if let Ok(mut m) = self.labels.lock() {
             if m.len() >= Self::MAX {
                 m.clear();
