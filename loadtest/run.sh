@@ -3,8 +3,11 @@
 #   (a) direct    the origin itself,
 #   (b) nginx     nginx as a plain reverse proxy to it,
 #   (c) portvakt  portvakt in proxy mode, with a logged-in patron's cookie,
-# each with a closed-loop run at 64 connections and a constant-rate run at a fifth of the
-# direct closed-loop throughput. Prints req/s, p50 and p99 for each, each server's CPU time
+# each with a closed-loop run at 64 connections, a constant-rate run at a fifth of the
+# direct closed-loop throughput (the issue's target), and a constant-rate run at a fifth of
+# the slowest target's closed-loop throughput ("moderate": on one core the origin is so
+# much faster than any proxy that a fifth of its capacity loads a proxy and the origin
+# together close to the core's limit, so that p99 there is mostly queueing). Prints req/s, p50 and p99 for each, each server's CPU time
 # per request (utime+stime from /proc/PID/stat), the ratios and whether the targets are met.
 #
 #   loadtest/run.sh [--duration 10s] [--warmup 2s] [--connections 64] [--no-build]
@@ -416,7 +419,9 @@ run() {
     pid=$(server_pid "$name")
     # shellcheck disable=SC2086 # one or two pids
     read -r s0 k0 < <(cpu_ticks $pid); read -r o0 _ < <(cpu_ticks "$ORIGIN_PID")
-    LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$mode" "$@" "${args[@]}" \
+    local sub=$mode
+    [ "$mode" = moderate ] && sub=rate
+    LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$sub" "$@" "${args[@]}" \
         --connections "$CONNECTIONS" --duration "$DURATION" --label "$name") ||
         die "the $mode run against $name failed"
     # shellcheck disable=SC2086
@@ -437,22 +442,27 @@ for t in "${PV_TARGETS[@]}"; do
     [ -z "${PV_UNAVAILABLE[$t]}" ] && TARGETS+=("$t")
 done
 say "runs: $DURATION each (closed-loop runs after a $WARMUP warm-up), $CONNECTIONS connections"
-run direct closed
+for t in "${TARGETS[@]}"; do
+    run "$t" closed
+done
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
 say "fixed rate: $RATE req/s (direct closed-loop throughput / $RATE_DIVISOR)"
+SLOWEST=$(for t in "${TARGETS[@]}"; do json "$t.closed" rps; done | sort -g | head -n1)
+MODERATE=$(awk -v r="$SLOWEST" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
+say "moderate rate: $MODERATE req/s (slowest closed-loop throughput / $RATE_DIVISOR)"
 for t in "${TARGETS[@]}"; do
-    [ "$t" = direct ] || run "$t" closed
     run "$t" rate --rate "$RATE"
+    run "$t" moderate --rate "$MODERATE"
 done
 
 # --- Report --------------------------------------------------------------------------------
 echo
 echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
-echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
+echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; moderate rate $MODERATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
 echo
 printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req
 for t in direct nginx "${PV_TARGETS[@]}"; do
-    for m in closed rate; do
+    for m in closed rate moderate; do
         if [ -z "${LINE[$t.$m]:-}" ]; then
             printf '%-14s %-7s %s\n' "$t" "$m" "— ${PV_UNAVAILABLE[$t]:-not run}"
             continue
@@ -484,6 +494,8 @@ for t in "${PV_TARGETS[@]}"; do
     echo "$t/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
     echo "$t/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
     echo "$t p99 - direct p99 at $RATE/s: $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
+    d=$(awk -v a="$(json "$t.moderate" p99_us)" -v b="$(json direct.moderate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+    echo "$t p99 - direct p99 at $MODERATE/s (moderate): $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
 done
 if [ "$STORE" = both ] && [ -n "${LINE[portvakt.closed]:-}" ] && [ -n "${LINE[portvakt-redis.closed]:-}" ]; then
     echo "portvakt-redis/portvakt (memory): throughput $(ratio "$(json portvakt-redis.closed rps)" "$(json portvakt.closed rps)"), CPU per request $(ratio "${SRV_CPU[portvakt-redis.closed]}" "${SRV_CPU[portvakt.closed]}"), p99 at $RATE/s $(ratio "$(json portvakt-redis.rate p99_us)" "$(json portvakt.rate p99_us)")"
@@ -491,7 +503,7 @@ fi
 echo
 echo "raw (loadgen JSON lines):"
 for t in direct nginx "${PV_TARGETS[@]}"; do
-    for m in closed rate; do
+    for m in closed rate moderate; do
         [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
     done
 done

@@ -286,7 +286,7 @@ fn plan_body(h: &HeaderMap, status: StatusCode) -> Option<HtmlPlan> {
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
         .and_then(|(_, v)| encoding_rs::Encoding::for_label(v.trim().trim_matches('"').as_bytes()))
-        // lol_html handles only ASCII-compatible encodings; UTF-16 pages go through as they are.
+        // The scanner reads markup as ASCII bytes; UTF-16 pages go through as they are.
         .map(|e| e.is_ascii_compatible().then_some(e));
     let charset = match charset {
         Some(None) => return None,
