@@ -786,3 +786,25 @@ proptest::proptest! {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(800))]
+
+    #[test]
+    fn any_bytes_without_a_link_pass_unchanged_in_any_chunks(
+        bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::any::<u8>(),
+                proptest::sample::select(b"<>/!-='\" \tabcsrhtpmx[]?".to_vec()),
+            ],
+            0..1500,
+        ),
+        size in 1usize..64,
+    ) {
+        // Nothing here names an origin, so nothing may change, however broken the markup.
+        let hosts = Arc::new(map(Scheme::Http));
+        let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+        let out = rewrite_body(&plan(Coding::Identity), &hosts, "avis", &chunks).unwrap();
+        proptest::prop_assert_eq!(out, bytes);
+    }
+}
