@@ -16,7 +16,6 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -67,8 +66,8 @@ pub fn start(
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let public_router = public_router(app.clone());
-    let admin_router = crate::admin::router(app.clone());
+    let public_router = public_handler(app.clone());
+    let admin_router = router_handler(crate::admin::router(app.clone()));
     let usage = app.usage.clone();
     let flusher = usage.spawn_flusher();
     let tasks = vec![
@@ -124,13 +123,24 @@ async fn reload_on_sighup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-fn public_router(app: Arc<App>) -> Router {
+/// What answers a listener's requests. A plain function rather than an axum `Router` at
+/// the top: a proxied page view goes from hyper to [`dispatch`] to the service host with
+/// no routing layers in between (they were a few per cent of its instructions).
+type Handler = Arc<dyn Fn(Request<Body>) -> BoxedAnswer + Send + Sync>;
+type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The public listener: [`dispatch`] by host, the login host's pages through their router.
+fn public_handler(app: Arc<App>) -> Handler {
     let pages = pipeline::router(app.clone());
-    Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
-        let pages = pages.clone();
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(dispatch(app, pages, req).await) }
-    }))
+    Arc::new(move |req| Box::pin(dispatch(app.clone(), pages.clone(), req)))
+}
+
+/// A listener served by one router (the admin listener).
+fn router_handler(router: Router) -> Handler {
+    Arc::new(move |req| {
+        let router = router.clone();
+        Box::pin(async move { router.oneshot(req).await.into_response() })
+    })
 }
 
 /// Which host a request is for, and whether the gateway will touch it at all. Nothing
@@ -217,7 +227,7 @@ fn unknown_host(req: &Request<Body>) -> Response {
 
 async fn accept_loop(
     listener: TcpListener,
-    router: Router,
+    handler: Handler,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -238,15 +248,16 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let handler = handler.clone();
         let acceptor = acceptor.clone();
         let stopped = stopped.clone();
         connections.spawn(async move {
-            let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
                 req.extensions_mut().insert(Peer(peer));
-                req.map(Body::new)
+                let answer = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
-            let service = TowerToHyperService::new(service);
             match acceptor {
                 None => serve_connection(TokioIo::new(stream), service, stopped).await,
                 Some(acceptor) => {
