@@ -93,10 +93,10 @@ enum Ns {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Data,
-    /// RAWTEXT or RCDATA text: up to `</name` and a delimiter.
+    /// RAWTEXT, RCDATA or script text: up to `</name` and a delimiter.
     Text(&'static [u8]),
-    /// Script text; `dash`: the first index the `--` of a closing `-->` may start at.
-    Script,
+    /// A script's `<!--` escape, and a `<script` inside it; `dash`: the first index the
+    /// `--` of a closing `-->` may start at.
     ScriptEscaped {
         dash: usize,
     },
@@ -232,7 +232,6 @@ impl Scanner {
             let step = match self.mode {
                 Mode::Data => self.data(buf, pos, &mut emitted, out, rewrite),
                 Mode::Text(name) => self.text(buf, pos, name),
-                Mode::Script => self.script(buf, pos),
                 Mode::ScriptEscaped { dash } => self.script_escaped(buf, pos, dash, false),
                 Mode::ScriptDoubleEscaped { dash } => self.script_escaped(buf, pos, dash, true),
                 Mode::Comment { dash, bang } => self.comment(buf, pos, dash, bang),
@@ -381,33 +380,23 @@ impl Scanner {
         Step::NeedMore(lt)
     }
 
+    /// RAWTEXT, RCDATA and script text: up to `</name` and a delimiter; in a script, `<!--`
+    /// also begins an escape ([`Self::script_escaped`]).
     fn text(&mut self, buf: &[u8], mut pos: usize, name: &'static [u8]) -> Step {
+        let script = name == b"script";
         while let Some(k) = memchr(b'<', &buf[pos..]) {
             let lt = pos + k;
-            match end_tag_at(buf, lt, name) {
-                Some(true) => {
-                    self.mode = Mode::Data;
-                    return Step::At(lt);
+            if script {
+                let rest = &buf[lt + 1..];
+                if rest.starts_with(b"!--") {
+                    self.mode = Mode::ScriptEscaped { dash: lt + 2 };
+                    return Step::At(lt + 4);
                 }
-                Some(false) => pos = lt + 1,
-                None => return Step::NeedMore(lt),
+                if b"!--".starts_with(rest) {
+                    return Step::NeedMore(lt);
+                }
             }
-        }
-        Step::At(buf.len())
-    }
-
-    fn script(&mut self, buf: &[u8], mut pos: usize) -> Step {
-        while let Some(k) = memchr(b'<', &buf[pos..]) {
-            let lt = pos + k;
-            let rest = &buf[lt + 1..];
-            if rest.starts_with(b"!--") {
-                self.mode = Mode::ScriptEscaped { dash: lt + 2 };
-                return Step::At(lt + 4);
-            }
-            if b"!--".starts_with(rest) {
-                return Step::NeedMore(lt);
-            }
-            match end_tag_at(buf, lt, b"script") {
+            match end_tag_at(buf, lt, name) {
                 Some(true) => {
                     self.mode = Mode::Data;
                     return Step::At(lt);
@@ -427,7 +416,7 @@ impl Scanner {
             let at = pos + k;
             if buf[at] == b'>' {
                 if at >= dash + 2 && &buf[at - 2..at] == b"--" {
-                    self.mode = Mode::Script;
+                    self.mode = Mode::Text(b"script");
                     return Step::At(at + 1);
                 }
                 pos = at + 1;
@@ -556,7 +545,7 @@ impl Scanner {
             return;
         }
         self.mode = match name {
-            b"script" => Mode::Script,
+            b"script" => Mode::Text(b"script"),
             b"style" => Mode::Text(b"style"),
             b"xmp" => Mode::Text(b"xmp"),
             b"iframe" => Mode::Text(b"iframe"),
