@@ -37,6 +37,8 @@ const WS: u8 = 1;
 const DELIM: u8 = 2;
 /// Ends an attribute name: a delimiter or `=`.
 const NAME_END: u8 = 4;
+/// Ends an unquoted attribute value: whitespace or `>`.
+const VALUE_END: u8 = 8;
 
 /// Each byte's classes, looked up rather than compared in the scanner's byte loops.
 static CLASS: [u8; 256] = {
@@ -44,16 +46,23 @@ static CLASS: [u8; 256] = {
     let ws = [b'\t', b'\n', b'\x0C', b'\r', b' '];
     let mut i = 0;
     while i < ws.len() {
-        t[ws[i] as usize] = WS | DELIM | NAME_END;
+        t[ws[i] as usize] = WS | DELIM | NAME_END | VALUE_END;
         i += 1;
     }
     t[b'/' as usize] = DELIM | NAME_END;
-    t[b'>' as usize] = DELIM | NAME_END;
+    t[b'>' as usize] = DELIM | NAME_END | VALUE_END;
     t[b'=' as usize] = NAME_END;
     t
 };
 
 /// What ends a tag name in text states: `</script` must be followed by one of these.
+/// The first index from `i` whose byte has a class in `mask`, or the buffer's end.
+fn find_class(buf: &[u8], i: usize, mask: u8) -> usize {
+    buf.get(i..)
+        .and_then(|rest| rest.iter().position(|&b| CLASS[usize::from(b)] & mask != 0))
+        .map_or(buf.len(), |k| i + k)
+}
+
 fn is_delim(b: u8) -> bool {
     CLASS[usize::from(b)] & DELIM != 0
 }
@@ -727,24 +736,21 @@ fn parse_tag(
         Some(Resume::Attrs { name, at }) => (name, at),
         resume => {
             attrs.clear();
-            let mut i = match resume {
+            let from = match resume {
                 Some(Resume::Name { at }) => at,
                 _ => name_at,
             };
-            while i < n && !is_delim(buf[i]) {
-                i += 1;
-            }
+            let i = find_class(buf, from, DELIM);
             if i == n {
                 return Err(Resume::Name { at: i });
             }
             (name_at..i, i)
         }
     };
-    let skip = |mut i: usize| {
-        while i < n && is_ws(buf[i]) {
-            i += 1;
-        }
-        i
+    let skip = |i: usize| {
+        buf.get(i..)
+            .and_then(|rest| rest.iter().position(|&b| !is_ws(b)))
+            .map_or(n, |k| i + k)
     };
     let push = |attrs: &mut Vec<Attr>, a: Attr| {
         if attrs.len() <= MAX_ATTRS {
@@ -790,9 +796,7 @@ fn parse_tag(
         // Attribute name; a leading `=` is part of it.
         let start = i;
         i += 1;
-        while i < n && CLASS[usize::from(buf[i])] & NAME_END == 0 {
-            i += 1;
-        }
+        i = find_class(buf, i, NAME_END);
         let name_end = i;
         let j = skip(i);
         let Some(&c) = buf.get(j) else {
@@ -845,10 +849,7 @@ fn parse_tag(
                 });
             }
             _ => {
-                let mut e = k;
-                while e < n && !is_ws(buf[e]) && buf[e] != b'>' {
-                    e += 1;
-                }
+                let e = find_class(buf, k, VALUE_END);
                 if e == n {
                     return cut();
                 }
