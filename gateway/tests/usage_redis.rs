@@ -90,6 +90,18 @@ fn query(from: Date, to: Date, period: Period, metrics: Option<Vec<Metric>>) -> 
     }
 }
 
+/// Flushes until Redis answers again (the connection comes back by itself; the first
+/// command may only start the reconnect): whether it did within 5 s.
+async fn flushed_once_back(u: &Arc<Usage>) -> bool {
+    for _ in 0..50 {
+        if u.flush_async().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// (service, metric) → value, for today.
 async fn counts(u: &Arc<Usage>) -> BTreeMap<(String, String), u64> {
     let rows = u
@@ -312,16 +324,10 @@ async fn redis_away_buffers_the_counts_sends_them_exactly_once_and_exports_refus
     assert_eq!(u.shared_stats().expect("shared").buffered_cells, 3);
 
     redis.resume();
-    // The connection comes back by itself; the first command may start the reconnect.
-    let mut sent = false;
-    for _ in 0..50 {
-        if u.flush_async().await.is_ok() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "the buffer is sent once Redis is back");
+    assert!(
+        flushed_once_back(&u).await,
+        "the buffer is sent once Redis is back"
+    );
     assert_eq!(u.shared_stats().expect("shared").buffered_cells, 0);
     let c = counts(&u).await;
     assert_eq!(get(&c, "avis", "requests"), 12, "{c:?}");
@@ -364,15 +370,7 @@ async fn the_buffer_is_bounded_and_what_is_dropped_is_counted() {
     assert_eq!(stats.dropped_cells, 3, "{stats:?}");
 
     redis.resume();
-    let mut sent = false;
-    for _ in 0..50 {
-        if u.flush_async().await.is_ok() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent);
+    assert!(flushed_once_back(&u).await);
     let c = counts(&u).await;
     let kept: u64 = ["s1", "s2", "s3", "s4", "s5", "s6"]
         .iter()
@@ -439,15 +437,7 @@ async fn a_stop_with_redis_away_leaves_the_counts_for_the_next_start_which_sends
 
     redis.resume();
     let next = open(&redis, Some(data.path()), SharedOptions::default());
-    let mut sent = false;
-    for _ in 0..50 {
-        if next.flush_async().await.is_ok() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent);
+    assert!(flushed_once_back(&next).await);
     assert!(!file.exists(), "sent, so deleted");
     let c = counts(&next).await;
     assert_eq!(get(&c, "avis", "requests"), 6, "{c:?}");

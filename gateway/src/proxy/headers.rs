@@ -96,22 +96,14 @@ fn scrub_accept_encoding(h: &mut HeaderMap) {
         let c = t.split(';').next().unwrap_or("").trim();
         DECODABLE.iter().any(|d| d.eq_ignore_ascii_case(c))
     };
-    let mut values = h.get_all(header::ACCEPT_ENCODING).iter();
-    let tokens = || {
-        h.get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-    };
-    let Some(first) = values.next() else {
-        return;
-    };
-    let one_text_value = values.next().is_none() && first.to_str().is_ok();
-    if one_text_value && tokens().all(|t| t.is_empty() || decodable(t)) {
+    if !h.contains_key(header::ACCEPT_ENCODING) {
         return;
     }
-    let accept: Vec<&str> = tokens().filter(|t| !t.is_empty() && decodable(t)).collect();
+    let tokens = || list_items(h, &header::ACCEPT_ENCODING, ',');
+    if one_text_value(h, &header::ACCEPT_ENCODING) && tokens().all(decodable) {
+        return;
+    }
+    let accept: Vec<&str> = tokens().filter(|t| decodable(t)).collect();
     let value = if accept.is_empty() {
         HeaderValue::from_static("identity")
     } else {
@@ -123,6 +115,27 @@ fn scrub_accept_encoding(h: &mut HeaderMap) {
     h.insert(header::ACCEPT_ENCODING, value);
 }
 
+/// The non-empty, trimmed items of a list header (`sep`-separated) over all its values
+/// that are text.
+fn list_items<'a>(
+    h: &'a HeaderMap,
+    name: &HeaderName,
+    sep: char,
+) -> impl Iterator<Item = &'a str> + 'a {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(move |v| v.split(sep))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the header comes once and is text: then it can be left as it is.
+fn one_text_value(h: &HeaderMap, name: &HeaderName) -> bool {
+    let mut values = h.get_all(name).iter();
+    values.next().is_some_and(|v| v.to_str().is_ok()) && values.next().is_none()
+}
+
 /// Removes the gateway's cookies from `Cookie`, keeping the vendor's own; merges
 /// several `Cookie` headers (HTTP/2 splits them) into one, as HTTP/1 requires.
 fn scrub_cookies(h: &mut HeaderMap, gateway: &[String]) {
@@ -130,20 +143,12 @@ fn scrub_cookies(h: &mut HeaderMap, gateway: &[String]) {
         let name = pair.split('=').next().unwrap_or("").trim();
         gateway.iter().any(|g| g == name)
     };
-    let mut values = h.get_all(header::COOKIE).iter();
-    let Some(first) = values.next() else {
+    if !h.contains_key(header::COOKIE) {
         return;
-    };
-    let pairs = || {
-        h.get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-    };
+    }
+    let pairs = || list_items(h, &header::COOKIE, ';');
     // One header of text without ours (the common case but for our own hosts): as it is.
-    if values.next().is_none() && first.to_str().is_ok() && !pairs().any(ours) {
+    if one_text_value(h, &header::COOKIE) && !pairs().any(ours) {
         return;
     }
     let mut kept = String::new();
