@@ -111,11 +111,7 @@ from = 2020-01-01
 }
 
 fn build() -> World {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(2);
     let dir = tempfile::tempdir().unwrap();
     let (main, cdn, public, admin) = rt.block_on(async {
         let main = Origin::start().await;

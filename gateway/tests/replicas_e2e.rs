@@ -226,11 +226,7 @@ fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
 
 #[test]
 fn three_replicas_share_sessions_tickets_and_logouts_and_ride_out_a_redis_restart() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(1);
     let origin = rt.block_on(Origin::start());
     let mut redis = RedisServer::start();
     let dir = setup(&origin.url, &redis.url());
@@ -447,11 +443,7 @@ fn leftovers(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_replica_stopped_while_redis_is_away_leaves_its_counts_to_the_next_start() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(1);
     let origin = rt.block_on(Origin::start());
     let mut redis = RedisServer::start();
     let dir = setup(&origin.url, &redis.url());
@@ -523,11 +515,7 @@ fn a_replica_stopped_while_redis_is_away_leaves_its_counts_to_the_next_start() {
 
 #[test]
 fn usage_on_three_replicas_adds_up_exactly_in_the_native_api_of_any() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(1);
     let origin = rt.block_on(Origin::start());
     let redis = RedisServer::start();
     let dir = setup(&origin.url, &redis.url());

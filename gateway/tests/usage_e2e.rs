@@ -80,11 +80,7 @@ fn world() -> &'static World {
 }
 
 fn build() -> World {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(2);
     let dir = tempfile::tempdir().unwrap();
     let (origin, public, admin) = rt.block_on(async {
         let origin = Origin::start().await;

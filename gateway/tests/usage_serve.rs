@@ -221,11 +221,7 @@ fn all_bytes(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn counts_survive_a_clean_stop_and_a_crash() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = origin::runtime(1);
     let origin = rt.block_on(Origin::start());
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), &origin.url);
