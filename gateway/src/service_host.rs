@@ -10,6 +10,8 @@
 //! `/go/{service}` with the same path, which logs the patron in if need be.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -81,7 +83,9 @@ fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<Se
 /// store is still asked for on every request (an ended session ends access at once).
 #[derive(Default)]
 pub struct VerifiedCookies {
-    labels: Mutex<HashMap<Box<str>, Verified>>,
+    // FxHash, not SipHash: every key in here was made by the gateway (a random id or its
+    // SHA-256), so a client cannot pick keys that collide; a client's key is only looked up.
+    labels: Mutex<FxHashMap<Box<str>, Verified>>,
 }
 
 /// A checked cookie's host label and the session it names.
@@ -209,7 +213,9 @@ impl RateLimits {
 /// Bounded: emptied when it passes [`ReleaseCache::MAX_SESSIONS`] sessions.
 #[derive(Default)]
 pub struct ReleaseCache {
-    by_session: Mutex<HashMap<String, Vec<ReleaseEntry>>>,
+    // FxHash, not SipHash: every key in here was made by the gateway (a random id or its
+    // SHA-256), so a client cannot pick keys that collide; a client's key is only looked up.
+    by_session: Mutex<FxHashMap<String, Vec<ReleaseEntry>>>,
 }
 
 struct ReleaseEntry {

@@ -42,25 +42,36 @@ const REFRESH: HeaderName = HeaderName::from_static("refresh");
 /// The content codings we can decode, so an HTML body can always be rewritten.
 const DECODABLE: &[&str] = &["gzip", "x-gzip", "deflate", "br", "identity"];
 
-fn is_hop_by_hop(h: &HeaderMap, name: &str) -> bool {
-    HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || named_by_connection(h, name)
+/// The header names a message's `Connection` header lists (lowercase), read once per
+/// message: such headers are hop-by-hop by the sender's say-so. Most messages list none
+/// or only `keep-alive`/`close`, so this allocates only for other names.
+struct Listed(Vec<String>);
+
+impl Listed {
+    fn of(h: &HeaderMap) -> Self {
+        let mut names = Vec::new();
+        for t in list_items(h, &header::CONNECTION, ',') {
+            // Always removed anyway, or not a header name (`close`).
+            if HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(t))
+                || t.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            names.push(t.to_ascii_lowercase());
+        }
+        Self(names)
+    }
+
+    fn hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || self.0.iter().any(|n| n == name)
+    }
 }
 
-/// Whether a `Connection` header lists `name` (lowercase): hop-by-hop by the sender's
-/// say-so. Read in place for each header rather than collected, as most messages have at
-/// most `Connection: keep-alive`.
-fn named_by_connection(h: &HeaderMap, name: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(name))
-}
-
-/// Removes every header `pred` picks. `HeaderMap` has no `retain`; the names are gathered
-/// first, into a `Vec` that allocates only when something is removed.
-fn remove_where(h: &mut HeaderMap, pred: impl Fn(&HeaderMap, &str) -> bool) {
-    let doomed: Vec<HeaderName> = h.keys().filter(|k| pred(h, k.as_str())).cloned().collect();
+/// Removes every header `pred` picks (by its lowercase name). `HeaderMap` has no `retain`;
+/// the names are gathered first, into a `Vec` that allocates only when something is
+/// removed.
+fn remove_where(h: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
+    let doomed: Vec<HeaderName> = h.keys().filter(|k| pred(k.as_str())).cloned().collect();
     for k in doomed {
         h.remove(k);
     }
@@ -70,9 +81,10 @@ fn remove_where(h: &mut HeaderMap, pred: impl Fn(&HeaderMap, &str) -> bool) {
 /// `proxy.rs` for the list and the reasons).
 pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
     // The client sets Host (HTTP/1) or :authority (HTTP/2) from the origin URI.
-    h.remove(header::HOST);
-    remove_where(h, |h, k| {
-        is_hop_by_hop(h, k)
+    let listed = Listed::of(h);
+    remove_where(h, |k| {
+        k == "host"
+            || listed.hop_by_hop(k)
             || k.starts_with("x-forwarded-")
             || CLIENT_ADDRESS.contains(&k)
             // Only the gateway says what is released; a patron could forge these.
@@ -239,7 +251,8 @@ pub(super) fn rewrite_response(
 ) -> Plan {
     let h = &mut parts.headers;
     // Alt-Svc would point the browser at the vendor's other endpoints for our host.
-    remove_where(h, |h, k| is_hop_by_hop(h, k) || k == "alt-svc");
+    let listed = Listed::of(h);
+    remove_where(h, |k| listed.hop_by_hop(k) || k == "alt-svc");
 
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         rewrite_each(h, name, |v| f.hosts.rewrite_link(f.service, v));
@@ -254,17 +267,16 @@ pub(super) fn rewrite_response(
     if plan.is_some() {
         // The body that goes out is decoded and changed: its length, coding and digests
         // are unknown or wrong, and byte ranges of the original no longer line up.
-        for k in [
-            header::CONTENT_LENGTH,
-            header::CONTENT_ENCODING,
-            header::ACCEPT_RANGES,
-        ] {
-            h.remove(k);
-        }
-        remove_where(h, |_, k| {
+        remove_where(h, |k| {
             matches!(
                 k,
-                "content-md5" | "digest" | "content-digest" | "repr-digest"
+                "content-length"
+                    | "content-encoding"
+                    | "accept-ranges"
+                    | "content-md5"
+                    | "digest"
+                    | "content-digest"
+                    | "repr-digest"
             )
         });
         weaken_etag(h);

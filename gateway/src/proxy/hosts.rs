@@ -6,6 +6,7 @@
 //! which only ever map that service's own origins, leaving every other URL as it was.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use url::{Origin, Position, Url};
 
@@ -56,7 +57,9 @@ pub struct HostMap {
     scheme: Scheme,
     by_label: HashMap<String, ServiceHost>,
     /// Per service: each origin and the service host (`label.public_host`) it maps to.
-    by_service: HashMap<String, Vec<LinkTarget>>,
+    /// An `Arc` so that a body's rewriter holds its service's list without a lookup per
+    /// chunk ([`HostMap::links_of`]).
+    by_service: HashMap<String, Arc<Vec<LinkTarget>>>,
 }
 
 impl HostMap {
@@ -135,10 +138,8 @@ impl HostMap {
             service_host,
             origin,
         };
-        self.by_service
-            .entry(service.to_string())
-            .or_default()
-            .push(target);
+        // Only ever shared once the map is built: no copy is made here.
+        Arc::make_mut(self.by_service.entry(service.to_string()).or_default()).push(target);
         // Only the origin is kept: a stray path in the config must not prefix requests.
         let origin_url = Url::parse(&url.origin().ascii_serialization()).unwrap_or(url);
         self.by_label.insert(
@@ -238,6 +239,13 @@ impl HostMap {
         self.by_service.get(service).map(|t| Links(t))
     }
 
+    /// `service`'s origins to keep, for a rewriter that outlives this borrow.
+    pub(crate) fn links_of(&self, service: &str) -> Option<ServiceLinks> {
+        self.by_service
+            .get(service)
+            .map(|t| ServiceLinks(Arc::clone(t)))
+    }
+
     fn rewrite_link_with(&self, service: &str, raw: &str, fast: bool) -> Option<String> {
         self.links(service)?.rewrite_with(raw, fast)
     }
@@ -247,6 +255,16 @@ impl HostMap {
     #[doc(hidden)]
     pub fn rewrite_link_by_url(&self, service: &str, raw: &str) -> Option<String> {
         self.rewrite_link_with(service, raw, false)
+    }
+}
+
+/// A service's origins, owned: [`HostMap::links_of`].
+#[derive(Clone, Debug)]
+pub(crate) struct ServiceLinks(Arc<Vec<LinkTarget>>);
+
+impl ServiceLinks {
+    pub(crate) fn links(&self) -> Links<'_> {
+        Links(&self.0)
     }
 }
 
@@ -351,7 +369,7 @@ impl Links<'_> {
 }
 
 /// One of a service's origins, as links are matched against it and rewritten to it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct LinkTarget {
     origin: Origin,
     /// `http` or `https`, the origin's.

@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::headers::{Coding, HtmlPlan, Plan};
-use super::hosts::{HostMap, Links};
+use super::hosts::{HostMap, Links, ServiceLinks};
 use super::scan::{Scanner, StartTag};
 use super::{Forward, ProxyError};
 
@@ -53,13 +53,9 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     pub(super) fn new(inner: Incoming, plan: Plan, f: &Forward<'_>) -> Self {
-        let html = plan.html.map(|p| {
-            Box::new(HtmlStream::new(
-                &p,
-                Arc::clone(f.hosts),
-                f.service.to_owned(),
-            ))
-        });
+        let html = plan
+            .html
+            .map(|p| Box::new(HtmlStream::new(&p, f.hosts.links_of(f.service))));
         Self {
             inner,
             html,
@@ -151,8 +147,8 @@ impl Body for Relay {
 pub(super) struct HtmlStream {
     decoder: Decoder,
     scanner: Scanner,
-    hosts: Arc<HostMap>,
-    service: String,
+    /// The service's origins; `None` (a service without any) leaves the page as it is.
+    links: Option<ServiceLinks>,
     /// `false` for a page in an encoding that does not spell markup in ASCII (UTF-16):
     /// it passes through as it is.
     rewrite: bool,
@@ -160,12 +156,11 @@ pub(super) struct HtmlStream {
 }
 
 impl HtmlStream {
-    pub(super) fn new(plan: &HtmlPlan, hosts: Arc<HostMap>, service: String) -> Self {
+    pub(super) fn new(plan: &HtmlPlan, links: Option<ServiceLinks>) -> Self {
         Self {
             decoder: Decoder::new(plan.coding),
             scanner: Scanner::new(REWRITER_MEMORY),
-            hosts,
-            service,
+            links,
             rewrite: plan.charset.is_none_or(|e| e.is_ascii_compatible()),
             warned: false,
         }
@@ -192,7 +187,7 @@ impl HtmlStream {
             out.extend_from_slice(decoded);
             return;
         }
-        let Some(links) = self.hosts.links(&self.service) else {
+        let Some(links) = self.links.as_ref().map(ServiceLinks::links) else {
             out.extend_from_slice(decoded);
             return;
         };
@@ -212,7 +207,7 @@ pub(super) fn rewrite_body(
     service: &str,
     chunks: &[&[u8]],
 ) -> Result<Vec<u8>, ProxyError> {
-    let mut stream = HtmlStream::new(plan, Arc::clone(hosts), service.to_owned());
+    let mut stream = HtmlStream::new(plan, hosts.links_of(service));
     let mut out = Vec::new();
     for c in chunks {
         out.extend_from_slice(&stream.push(c)?);

@@ -353,6 +353,45 @@ fn h2_split_cookies_are_merged_without_ours() {
 }
 
 #[test]
+fn request_heads_lose_hop_by_hop_address_and_forged_headers() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let origin = url("https://www.avis.example");
+    let cookies = vec!["pv".to_owned()];
+    let f = forward_for(&hosts, &origin, &cookies);
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "avis.bib.localhost:8080"),
+        // Listed in Connection (any case, over two headers): hop-by-hop.
+        ("connection", "keep-alive, X-Patron-Card"),
+        ("connection", "close,x-other"),
+        ("x-patron-card", "1234"),
+        ("x-other", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("proxy-authorization", "Basic eA=="),
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-forwarded-host", "avis.bib.localhost"),
+        ("forwarded", "for=198.51.100.7"),
+        ("x-real-ip", "198.51.100.7"),
+        ("via", "1.1 somewhere"),
+        ("x-portvakt-pseudonym", "forged"),
+        ("accept", "text/html"),
+        ("x-requested-with", "XMLHttpRequest"),
+    ] {
+        h.append(k, v.parse().unwrap());
+    }
+    scrub_request(&mut h, &f);
+    let mut names: Vec<&str> = h.keys().map(http::HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["accept", "x-portvakt-pseudonym", "x-requested-with"]
+    );
+    assert_eq!(h.get_all("x-portvakt-pseudonym").iter().count(), 1);
+    assert_eq!(h["x-portvakt-pseudonym"], "ps");
+}
+
+#[test]
 fn response_heads_are_rewritten_and_html_planned() {
     let hosts = Arc::new(map(Scheme::Http));
     let origin = url("https://www.avis.example");

@@ -27,7 +27,7 @@
 //! Freshness is judged by the `now` the caller passes (so tests move time without
 //! sleeping); an entry from the future (the clock stepped back) is not fresh.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -65,7 +65,9 @@ impl Entry {
 /// A [`Store`] with a per-replica session cache in front (see the module docs).
 pub struct CachedStore {
     inner: Arc<dyn Store>,
-    sessions: Mutex<HashMap<[u8; 32], Entry>>,
+    // FxHash, not SipHash: every key in here was made by the gateway (SHA-256 of a random
+    // id), so a client cannot pick keys that collide; a client's key is only looked up.
+    sessions: Mutex<FxHashMap<[u8; 32], Entry>>,
     fresh: Duration,
     stale_if_error: Duration,
     max_entries: usize,
@@ -94,14 +96,14 @@ impl CachedStore {
     ) -> Self {
         Self {
             inner,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(FxHashMap::default()),
             fresh,
             stale_if_error: stale_if_error.max(fresh),
             max_entries: max_entries.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Entry>> {
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<[u8; 32], Entry>> {
         // Single inserts and removes: a panic elsewhere leaves the map whole.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }

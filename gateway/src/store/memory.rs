@@ -7,7 +7,7 @@
 //! last one (amortized O(1) per insert); and by [`MemoryStore::spawn_sweeper`] on a timer,
 //! so an idle gateway lets go of memory too. The mutex is never held across an `.await`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -27,8 +27,10 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    sessions: HashMap<[u8; 32], SessionEntry>,
-    tickets: HashMap<(TicketKind, [u8; 32]), TicketEntry>,
+    // FxHash, not SipHash: every key in here was made by the gateway (SHA-256 of a random
+    // id), so a client cannot pick keys that collide; a client's key is only looked up.
+    sessions: FxHashMap<[u8; 32], SessionEntry>,
+    tickets: FxHashMap<(TicketKind, [u8; 32]), TicketEntry>,
     /// Entry count at which the next insert sweeps everything first.
     sweep_at: usize,
 }
@@ -36,8 +38,8 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         Self {
-            sessions: HashMap::new(),
-            tickets: HashMap::new(),
+            sessions: FxHashMap::default(),
+            tickets: FxHashMap::default(),
             sweep_at: MIN_SWEEP_AT,
         }
     }
