@@ -22,6 +22,7 @@
 //! ([`ProxyError::status`]); a failure in the middle of a body can only end that body, which
 //! the server then reports to the browser by closing the stream.
 
+mod client;
 mod headers;
 mod hosts;
 mod html;
@@ -29,7 +30,6 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
-use std::error::Error as _;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,10 +38,6 @@ use axum::body::Body;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use url::Url;
 
@@ -58,20 +54,22 @@ pub enum Fault {
     Gateway,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("the request body from the client failed: {0}")]
-    ClientBody(#[source] hyper_util::client::legacy::Error),
+    ClientBody(#[source] BoxError),
     #[error("the origin did not answer in time")]
     Timeout,
     #[error("the origin is unreachable: {0}")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[source] BoxError),
     #[error("the origin's response failed: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] BoxError),
     #[error("the origin's response body failed: {0}")]
-    UpstreamBody(#[source] hyper::Error),
+    UpstreamBody(#[source] io::Error),
     #[error("the origin's response body could not be decoded: {0}")]
     Decode(#[source] io::Error),
     #[error("rewriting the origin's HTML failed: {0}")]
@@ -174,14 +172,12 @@ impl Default for Timeouts {
     }
 }
 
-type Connector = HttpsConnector<HttpConnector>;
-
 /// The one pooled client to every origin, `https` (HTTP/1.1 or HTTP/2 by ALPN, Mozilla
 /// roots through webpki-roots, so no system store is needed in a container) and plain
-/// `http` (HTTP/1.1). Cheap to clone; share one per process.
+/// `http` (HTTP/1.1): see [`client`]. Cheap to clone; share one per process.
 #[derive(Clone, Debug)]
 pub struct Upstreams {
-    client: Client<Connector, Body>,
+    client: client::Client,
 }
 
 impl Upstreams {
@@ -201,22 +197,12 @@ impl Upstreams {
         .with_root_certificates(roots)
         .with_no_client_auth();
 
-        let mut http = HttpConnector::new();
-        // The https wrapper hands it `https://` URIs too.
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_nodelay(true);
-
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
+        let client = client::Client::new(
+            tls,
+            settings.connect_timeout,
+            settings.pool_idle_timeout,
+            settings.pool_max_idle_per_host,
+        );
         Ok(Self { client })
     }
 }
@@ -258,11 +244,10 @@ pub async fn forward(
     headers::scrub_request(&mut parts.headers, f);
     let method = parts.method.clone();
 
-    let sent = up.client.request(Request::from_parts(parts, body));
+    let sent = up.client.send(Request::from_parts(parts, body));
     let resp = tokio::time::timeout(f.timeouts.response_header, sent)
         .await
-        .map_err(|_| ProxyError::Timeout)?
-        .map_err(classify)?;
+        .map_err(|_| ProxyError::Timeout)??;
 
     let (mut parts, incoming) = resp.into_parts();
     let plan = headers::rewrite_response(&mut parts, &method, f);
@@ -305,38 +290,6 @@ fn upstream_uri(
         .path_and_query(pq)
         .build()
         .map_err(|e| ProxyError::Internal(e.to_string()))
-}
-
-/// Sorts a client error by cause: the hyper-util error wraps the connector's or hyper's.
-fn classify(e: hyper_util::client::legacy::Error) -> ProxyError {
-    let timed_out = {
-        let mut src = e.source();
-        let mut found = false;
-        while let Some(s) = src {
-            if s.downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-            {
-                found = true;
-                break;
-            }
-            src = s.source();
-        }
-        found
-    };
-    if timed_out {
-        ProxyError::Timeout
-    } else if e.is_connect() {
-        ProxyError::Unreachable(e)
-    } else if e
-        .source()
-        .and_then(|s| s.downcast_ref::<hyper::Error>())
-        .is_some_and(hyper::Error::is_user)
-    {
-        // The browser's request body broke off (or was refused) while being sent on.
-        ProxyError::ClientBody(e)
-    } else {
-        ProxyError::Upstream(e)
-    }
 }
 
 /// The released attributes, `(name, value)`, as the headers [`Forward::release`] takes:

@@ -17,9 +17,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::client::UpstreamBody;
 use super::headers::{Coding, HtmlPlan, Plan};
 use super::hosts::{HostMap, Links, ServiceLinks};
 use super::scan::{Scanner, StartTag};
@@ -35,7 +36,7 @@ const REWRITER_MEMORY: usize = 4 * 1024 * 1024;
 
 /// The response body the browser gets.
 pub(super) struct Relay {
-    inner: Incoming,
+    inner: UpstreamBody,
     html: Option<Box<HtmlStream>>,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub(super) fn new(inner: Incoming, plan: Plan, f: &Forward<'_>) -> Self {
+    pub(super) fn new(inner: UpstreamBody, plan: Plan, f: &Forward<'_>) -> Self {
         let html = plan
             .html
             .map(|p| Box::new(HtmlStream::new(&p, f.hosts.links_of(f.service))));
