@@ -1076,3 +1076,6 @@ impl hyper::body::Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
