@@ -13,6 +13,7 @@ pub mod federation;
 pub mod ids;
 pub mod keys;
 pub mod launch;
+pub mod net;
 pub mod pages;
 pub mod pipeline;
 pub mod policy;

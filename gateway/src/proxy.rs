@@ -12,7 +12,10 @@
 //!    vendor's origin; the released attributes are added as `X-Portvakt-<Name>`.
 //! 3. **Send** over the pooled [`Upstreams`] client, the request body streaming through with
 //!    backpressure. The wait for the response head is bounded by
-//!    [`Timeouts::response_header`].
+//!    [`Timeouts::response_header`]. HTTP/1.1 is portvakt's own (`client.rs`: framing
+//!    checked to RFC 9112, spoken in the request's own task, so a page costs one write and
+//!    one read upstream and no hand-over between tasks); HTTP/2, when a TLS origin picks
+//!    it by ALPN, is hyper's.
 //! 4. **Answer** ([`headers::rewrite_response`], [`html::Relay`]). Redirects, `Refresh`,
 //!    `Content-Location` and `Set-Cookie` are mapped onto the service hosts ([`HostMap`]);
 //!    an HTML body is decoded and its links rewritten chunk by chunk as it arrives; any other
