@@ -687,23 +687,32 @@ impl HeadBuilder {
     /// connection may be reused after it.
     fn finish(&mut self, bytes: &Bytes) -> Result<(Response<()>, Framing, bool), Failure> {
         let mut map = HeaderMap::with_capacity(self.headers.len());
+        // Which framing headers came, noted on the way: absent ones cost no lookup.
+        let (mut connection, mut te, mut cl) = (false, false, false);
         for (name, range) in self.headers.drain(..) {
             let value = HeaderValue::from_maybe_shared(bytes.slice(range))
                 .map_err(|_| upstream("the origin sent an invalid header value"))?;
+            connection |= name == header::CONNECTION;
+            te |= name == header::TRANSFER_ENCODING;
+            cl |= name == header::CONTENT_LENGTH;
             map.append(name, value);
         }
-        let mut keep_alive = match self.version {
-            Version::HTTP_10 => {
+        let mut keep_alive = match (self.version, connection) {
+            (Version::HTTP_10, false) => false,
+            (_, false) => true,
+            (Version::HTTP_10, true) => {
                 tokens(&map, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
             }
-            _ => !tokens(&map, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close")),
+            (_, true) => {
+                !tokens(&map, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"))
+            }
         };
         let framing = if self.no_body {
             Framing::Length(0)
-        } else if map.contains_key(header::TRANSFER_ENCODING) {
+        } else if te {
             // Transfer-Encoding wins over Content-Length, which is then wrong and goes; a
             // message framed both ways is suspect, so the connection is not used again.
-            if map.contains_key(header::CONTENT_LENGTH) {
+            if cl {
                 map.remove(header::CONTENT_LENGTH);
                 keep_alive = false;
             }
@@ -716,7 +725,7 @@ impl HeadBuilder {
                 keep_alive = false;
                 Framing::Close
             }
-        } else if map.contains_key(header::CONTENT_LENGTH) {
+        } else if cl {
             let mut length = None;
             for t in tokens(&map, &header::CONTENT_LENGTH) {
                 let n = std::str::from_utf8(t)

@@ -47,7 +47,60 @@ const DECODABLE: &[&str] = &["gzip", "x-gzip", "deflate", "br", "identity"];
 /// or only `keep-alive`/`close`, so this allocates only for other names.
 struct Listed(Vec<String>);
 
+/// Which of the headers the scrubbing and rewriting look at a message has: one pass over
+/// its names, so that absent ones cost no lookup (most messages have few of them).
+#[derive(Default)]
+struct Present {
+    connection: bool,
+    cookie: bool,
+    referer: bool,
+    origin: bool,
+    accept_encoding: bool,
+    location: bool,
+    content_location: bool,
+    refresh: bool,
+    set_cookie: bool,
+}
+
+impl Present {
+    fn of(h: &HeaderMap) -> Self {
+        let mut p = Self::default();
+        for k in h.keys() {
+            // Comparisons of standard names are of their tags, not their bytes.
+            if *k == header::CONNECTION {
+                p.connection = true;
+            } else if *k == header::COOKIE {
+                p.cookie = true;
+            } else if *k == header::REFERER {
+                p.referer = true;
+            } else if *k == header::ORIGIN {
+                p.origin = true;
+            } else if *k == header::ACCEPT_ENCODING {
+                p.accept_encoding = true;
+            } else if *k == header::LOCATION {
+                p.location = true;
+            } else if *k == header::CONTENT_LOCATION {
+                p.content_location = true;
+            } else if *k == REFRESH {
+                p.refresh = true;
+            } else if *k == header::SET_COOKIE {
+                p.set_cookie = true;
+            }
+        }
+        p
+    }
+}
+
 impl Listed {
+    /// [`Listed::of`] when the message has a `Connection` header, else nothing.
+    fn when(connection: bool, h: &HeaderMap) -> Self {
+        if connection {
+            Self::of(h)
+        } else {
+            Self(Vec::new())
+        }
+    }
+
     fn of(h: &HeaderMap) -> Self {
         let mut names = Vec::new();
         for t in list_items(h, &header::CONNECTION, ',') {
@@ -80,8 +133,9 @@ fn remove_where(h: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
 /// Makes the patron's request fit to leave for the vendor (see the module docs of
 /// `proxy.rs` for the list and the reasons).
 pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
+    let has = Present::of(h);
     // The client sets Host (HTTP/1) or :authority (HTTP/2) from the origin URI.
-    let listed = Listed::of(h);
+    let listed = Listed::when(has.connection, h);
     remove_where(h, |k| {
         k == "host"
             || listed.hop_by_hop(k)
@@ -91,10 +145,18 @@ pub(super) fn scrub_request(h: &mut HeaderMap, f: &Forward<'_>) {
             || k.starts_with("x-portvakt-")
     });
 
-    scrub_cookies(h, f.gateway_cookies);
-    scrub_referer(h, header::REFERER, f.hosts, f.service);
-    scrub_referer(h, header::ORIGIN, f.hosts, f.service);
-    scrub_accept_encoding(h);
+    if has.cookie {
+        scrub_cookies(h, f.gateway_cookies);
+    }
+    if has.referer {
+        scrub_referer(h, header::REFERER, f.hosts, f.service);
+    }
+    if has.origin {
+        scrub_referer(h, header::ORIGIN, f.hosts, f.service);
+    }
+    if has.accept_encoding {
+        scrub_accept_encoding(h);
+    }
 
     for (name, value) in f.release {
         h.append(name.clone(), value.clone());
@@ -250,15 +312,25 @@ pub(super) fn rewrite_response(
     f: &Forward<'_>,
 ) -> Plan {
     let h = &mut parts.headers;
+    let has = Present::of(h);
     // Alt-Svc would point the browser at the vendor's other endpoints for our host.
-    let listed = Listed::of(h);
+    let listed = Listed::when(has.connection, h);
     remove_where(h, |k| listed.hop_by_hop(k) || k == "alt-svc");
 
-    for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        rewrite_each(h, name, |v| f.hosts.rewrite_link(f.service, v));
+    for (name, present) in [
+        (header::LOCATION, has.location),
+        (header::CONTENT_LOCATION, has.content_location),
+    ] {
+        if present {
+            rewrite_each(h, name, |v| f.hosts.rewrite_link(f.service, v));
+        }
     }
-    rewrite_each(h, REFRESH, |v| rewrite_refresh(f.hosts, f.service, v));
-    rewrite_set_cookies(h, f.hosts.scheme(), f.gateway_cookies);
+    if has.refresh {
+        rewrite_each(h, REFRESH, |v| rewrite_refresh(f.hosts, f.service, v));
+    }
+    if has.set_cookie {
+        rewrite_set_cookies(h, f.hosts.scheme(), f.gateway_cookies);
+    }
 
     let plan = plan_body(h, parts.status);
     let bodiless = method == Method::HEAD
@@ -302,7 +374,15 @@ fn plan_body(h: &HeaderMap, status: StatusCode) -> Option<HtmlPlan> {
     let charset = params
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
-        .and_then(|(_, v)| encoding_rs::Encoding::for_label(v.trim().trim_matches('"').as_bytes()))
+        .and_then(|(_, v)| {
+            let label = v.trim().trim_matches('"');
+            // The usual answer without the label table.
+            if label.eq_ignore_ascii_case("utf-8") {
+                Some(encoding_rs::UTF_8)
+            } else {
+                encoding_rs::Encoding::for_label(label.as_bytes())
+            }
+        })
         // The scanner reads markup as ASCII bytes; UTF-16 pages go through as they are.
         .map(|e| e.is_ascii_compatible().then_some(e));
     let charset = match charset {
