@@ -283,25 +283,29 @@ impl Links<'_> {
 
     /// `fast`: compare the authority's bytes with the origins' where that decides (see
     /// [`SimpleAuthority`]); else, and always when `fast` is off, through `Url::parse`.
+    /// The usual case of [`Self::rewrite`], by bytes: a link that begins with one of the
+    /// origins spelt as `Url` writes it (any case) and ending where an authority ends
+    /// gives the same answer as a full parse, without taking the link apart. `Some((n,
+    /// new))`: the first `n` bytes become `new`, the rest stays as it is.
+    pub fn rewrite_prefix(&self, b: &[u8]) -> Option<(usize, &str)> {
+        self.0.iter().find_map(|t| {
+            let c = t.canonical.as_bytes();
+            (b.len() >= c.len()
+                && b[..c.len()].eq_ignore_ascii_case(c)
+                && b.get(c.len())
+                    .is_none_or(|x| matches!(x, b'/' | b'?' | b'#' | b'\\')))
+            .then_some((c.len(), t.absolute.as_str()))
+        })
+    }
+
     fn rewrite_with(&self, raw: &str, fast: bool) -> Option<String> {
-        if fast {
-            // The origin spelt as `Url` writes it (any case), ending where an authority
-            // ends: the same answer as below, without taking the link apart.
-            let b = raw.as_bytes();
-            for t in self.0 {
-                let c = t.canonical.as_bytes();
-                if b.len() >= c.len()
-                    && b[..c.len()].eq_ignore_ascii_case(c)
-                    && b.get(c.len())
-                        .is_none_or(|x| matches!(x, b'/' | b'?' | b'#' | b'\\'))
-                {
-                    let tail = &raw[c.len()..];
-                    let mut out = String::with_capacity(t.absolute.len() + tail.len());
-                    out.push_str(&t.absolute);
-                    out.push_str(tail);
-                    return Some(out);
-                }
-            }
+        if fast && let Some((n, new)) = self.rewrite_prefix(raw.as_bytes()) {
+            // `n` is the length of an ASCII prefix: a character boundary.
+            let tail = &raw[n..];
+            let mut out = String::with_capacity(new.len() + tail.len());
+            out.push_str(new);
+            out.push_str(tail);
+            return Some(out);
         }
         // Browsers strip leading and trailing ASCII whitespace from URL attributes.
         let lead = raw.len() - raw.trim_start().len();

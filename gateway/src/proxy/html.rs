@@ -324,7 +324,17 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
             // Only an absolute or protocol-relative link can name an origin: most values
             // are told apart by their first bytes, without a look at the rest.
             Kind::Link if !may_be_absolute(value) => None,
-            Kind::Link => links.rewrite(&as_text(value)),
+            Kind::Link => match links.rewrite_prefix(value) {
+                // The usual case by bytes, with no detour through text and back.
+                Some((len, new)) => {
+                    let mut v = Vec::with_capacity(new.len() + value.len() - len);
+                    v.extend_from_slice(new.as_bytes());
+                    v.extend_from_slice(&value[len..]);
+                    changes.push((n, v));
+                    continue;
+                }
+                None => links.rewrite(&as_text(value)),
+            },
             Kind::Srcset => srcset_links(links, &as_text(value)),
             Kind::Css => css_links(links, &as_text(value)),
             Kind::HttpEquiv => {
