@@ -12,7 +12,7 @@ use crate::config::Scheme;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// `Proxy-*` family, which is between a client and its own forward proxy.
-const HOP_BY_HOP: &[&str] = &[
+pub(super) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "te",
@@ -45,7 +45,7 @@ const DECODABLE: &[&str] = &["gzip", "x-gzip", "deflate", "br", "identity"];
 /// The header names a message's `Connection` header lists (lowercase), read once per
 /// message: such headers are hop-by-hop by the sender's say-so. Most messages list none
 /// or only `keep-alive`/`close`, so this allocates only for other names.
-struct Listed(Vec<String>);
+pub(super) struct Listed(Vec<String>);
 
 /// Which of the headers the scrubbing and rewriting look at a message has: one pass over
 /// its names, so that absent ones cost no lookup (most messages have few of them).
@@ -101,7 +101,7 @@ impl Listed {
         }
     }
 
-    fn of(h: &HeaderMap) -> Self {
+    pub(super) fn of(h: &HeaderMap) -> Self {
         let mut names = Vec::new();
         for t in list_items(h, &header::CONNECTION, ',') {
             // Always removed anyway, or not a header name (`close`).
@@ -115,7 +115,8 @@ impl Listed {
         Self(names)
     }
 
-    fn hop_by_hop(&self, name: &str) -> bool {
+    /// [`HOP_BY_HOP`], the `proxy-` family, or listed.
+    pub(super) fn hop_by_hop(&self, name: &str) -> bool {
         HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || self.0.iter().any(|n| n == name)
     }
 }
@@ -217,14 +218,31 @@ fn scrub_cookies(h: &mut HeaderMap, gateway: &[String]) {
         let name = pair.split('=').next().unwrap_or("").trim();
         gateway.iter().any(|g| g == name)
     };
-    if !h.contains_key(header::COOKIE) {
-        return;
+    // One header of text (HTTP/1's only form): as it is without ours, gone when it holds
+    // nothing but ours (the common case on a service host), read once either way.
+    let mut values = h.get_all(header::COOKIE).iter();
+    match (values.next().map(|v| v.to_str()), values.next()) {
+        (None, _) => return,
+        (Some(Ok(text)), None) => {
+            let (mut mine, mut theirs) = (false, false);
+            for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                if ours(pair) {
+                    mine = true;
+                } else {
+                    theirs = true;
+                }
+            }
+            if !mine {
+                return;
+            }
+            if !theirs {
+                h.remove(header::COOKIE);
+                return;
+            }
+        }
+        _ => {}
     }
     let pairs = || list_items(h, &header::COOKIE, ';');
-    // One header of text without ours (the common case but for our own hosts): as it is.
-    if one_text_value(h, &header::COOKIE) && !pairs().any(ours) {
-        return;
-    }
     let mut kept = String::new();
     for pair in pairs().filter(|c| !ours(c)) {
         if !kept.is_empty() {

@@ -392,6 +392,52 @@ fn request_heads_lose_hop_by_hop_address_and_forged_headers() {
 }
 
 #[test]
+fn every_hop_by_hop_name_is_told_apart_as_one() {
+    let none = super::headers::Listed::of(&HeaderMap::new());
+    for name in super::headers::HOP_BY_HOP {
+        assert!(none.hop_by_hop(name), "{name}");
+    }
+    for name in ["proxy-authorization", "proxy-anything"] {
+        assert!(none.hop_by_hop(name), "{name}");
+    }
+    for name in [
+        "content-type",
+        "cookie",
+        "tel",
+        "upgrade-insecure-requests",
+        "keep",
+    ] {
+        assert!(!none.hop_by_hop(name), "{name}");
+    }
+}
+
+#[test]
+fn one_cookie_header_keeps_the_vendors_cookies_and_loses_ours() {
+    let hosts = Arc::new(map(Scheme::Http));
+    let origin = url("https://www.avis.example");
+    let cookies = vec!["pv".to_owned()];
+    let f = forward_for(&hosts, &origin, &cookies);
+    for (sent, arrives) in [
+        ("pv=secret", None),
+        (" pv=secret ;", None),
+        ("pv=secret; vendor=1", Some("vendor=1")),
+        ("vendor=1;pv=secret;  other=2", Some("vendor=1; other=2")),
+        // Without ours the header goes on byte for byte, spacing and all.
+        ("vendor=1;other=2 ", Some("vendor=1;other=2 ")),
+        ("pvx=1", Some("pvx=1")),
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", sent.parse().unwrap());
+        scrub_request(&mut h, &f);
+        let got: Vec<_> = h.get_all("cookie").iter().collect();
+        match arrives {
+            None => assert!(got.is_empty(), "{sent}: {got:?}"),
+            Some(v) => assert_eq!(got, [v], "{sent}"),
+        }
+    }
+}
+
+#[test]
 fn response_heads_are_rewritten_and_html_planned() {
     let hosts = Arc::new(map(Scheme::Http));
     let origin = url("https://www.avis.example");
