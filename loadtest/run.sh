@@ -11,10 +11,13 @@
 # per request (utime+stime from /proc/PID/stat), the ratios and whether the targets are met.
 #
 #   loadtest/run.sh [--duration 10s] [--warmup 2s] [--connections 64] [--no-build]
-#                   [--store memory|redis|both] [--callgrind]
+#                   [--store memory|redis|both] [--rounds 1] [--callgrind]
 #
 # --store: portvakt's session store; `both` measures portvakt twice, with the memory store
 # and with Redis (a redis-server of its own on a free loopback port), in the same run.
+# --rounds N: the closed-loop runs N times, the targets taking turns in each round; the
+# ratios are the medians of each round's ratios (runs minutes apart on a VM vary by more
+# than small changes do), and the table shows each target's median round.
 # --callgrind: instead of the runs, portvakt under valgrind's callgrind, counting the
 # instructions it executes per proxied request (a steady figure on a busy machine);
 # CALLGRIND_OUT=dir keeps the dumps for callgrind_annotate.
@@ -32,6 +35,7 @@ CONNECTIONS=64
 BUILD=1
 STORE=memory
 CALLGRIND=0
+ROUNDS=1
 RATE_DIVISOR=5 # the fixed rate is the direct closed-loop throughput divided by this
 SERVICE=avis
 INSTITUTION=NO-2399900
@@ -46,7 +50,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --store) STORE=$2; shift 2 ;;
     --callgrind) CALLGRIND=1; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
 done
@@ -59,6 +64,7 @@ redis) PV_TARGETS=(portvakt-redis) ;;
 both) PV_TARGETS=(portvakt portvakt-redis) ;;
 *) die "--store must be memory, redis or both, not $STORE" ;;
 esac
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a whole number from 1, not $ROUNDS"
 
 # --- Tools ---------------------------------------------------------------------------------
 command -v cargo >/dev/null || die "cargo not found (install Rust with rustup)"
@@ -441,9 +447,40 @@ TARGETS=(direct nginx)
 for t in "${PV_TARGETS[@]}"; do
     [ -z "${PV_UNAVAILABLE[$t]}" ] && TARGETS+=("$t")
 done
+# With --rounds, each round's closed-loop figures are kept under NAME.closed.ROUND, and
+# NAME.closed becomes the round with the target's median throughput.
+keep_round() {
+    local k=$1.closed
+    LINE[$k.$2]=${LINE[$k]}
+    SRV_CPU[$k.$2]=${SRV_CPU[$k]}
+    SRV_SYS[$k.$2]=${SRV_SYS[$k]}
+    ORIGIN_CPU[$k.$2]=${ORIGIN_CPU[$k]}
+}
+median_round() {
+    local t=$1 r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        echo "$(json "$t.closed.$r" rps) $r"
+    done | sort -g | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }'
+}
+# median: of the numbers on stdin, one per line.
+median() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 say "runs: $DURATION each (closed-loop runs after a $WARMUP warm-up), $CONNECTIONS connections"
+for ((round = 1; round <= ROUNDS; round++)); do
+    [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
+    for t in "${TARGETS[@]}"; do
+        run "$t" closed
+        keep_round "$t" "$round"
+    done
+done
 for t in "${TARGETS[@]}"; do
-    run "$t" closed
+    m=$(median_round "$t")
+    LINE[$t.closed]=${LINE[$t.closed.$m]}
+    SRV_CPU[$t.closed]=${SRV_CPU[$t.closed.$m]}
+    SRV_SYS[$t.closed]=${SRV_SYS[$t.closed.$m]}
+    ORIGIN_CPU[$t.closed]=${ORIGIN_CPU[$t.closed.$m]}
 done
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
 say "fixed rate: $RATE req/s (direct closed-loop throughput / $RATE_DIVISOR)"
@@ -488,8 +525,17 @@ for t in "${PV_TARGETS[@]}"; do
         echo "$t targets: not measured — ${PV_UNAVAILABLE[$t]}"
         continue
     fi
-    r1=$(ratio "$(json "$t.closed" rps)" "$(json nginx.closed rps)")
-    r2=$(ratio "${SRV_CPU[$t.closed]}" "${SRV_CPU[nginx.closed]}")
+    if [ "$ROUNDS" -gt 1 ]; then
+        # Each round's ratio (the targets took turns within it), then their median.
+        t1=$(for ((r = 1; r <= ROUNDS; r++)); do ratio "$(json "$t.closed.$r" rps)" "$(json "nginx.closed.$r" rps)"; echo; done)
+        t2=$(for ((r = 1; r <= ROUNDS; r++)); do ratio "${SRV_CPU[$t.closed.$r]}" "${SRV_CPU[nginx.closed.$r]}"; echo; done)
+        r1=$(median <<<"$t1")
+        r2=$(median <<<"$t2")
+        echo "$t/nginx by round: throughput $(echo $t1), CPU per request $(echo $t2) (medians below)"
+    else
+        r1=$(ratio "$(json "$t.closed" rps)" "$(json nginx.closed rps)")
+        r2=$(ratio "${SRV_CPU[$t.closed]}" "${SRV_CPU[nginx.closed]}")
+    fi
     d=$(awk -v a="$(json "$t.rate" p99_us)" -v b="$(json direct.rate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
     echo "$t/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
     echo "$t/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
@@ -503,7 +549,14 @@ fi
 echo
 echo "raw (loadgen JSON lines):"
 for t in direct nginx "${PV_TARGETS[@]}"; do
-    for m in closed rate moderate; do
+    if [ "$ROUNDS" -gt 1 ]; then
+        for ((r = 1; r <= ROUNDS; r++)); do
+            [ -n "${LINE[$t.closed.$r]:-}" ] && echo "${LINE[$t.closed.$r]}"
+        done
+    else
+        [ -n "${LINE[$t.closed]:-}" ] && echo "${LINE[$t.closed]}"
+    fi
+    for m in rate moderate; do
         [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
     done
 done
