@@ -516,11 +516,19 @@ impl Scanner {
         if self.ns.len() == 1
             && self.ns_overflow == 0
             && !matches!(
-                name.first().map(u8::to_ascii_lowercase),
-                Some(b's' | b'x' | b'i' | b'n' | b't' | b'p' | b'm')
+                (name.first().map(u8::to_ascii_lowercase), name.len()),
+                (Some(b's'), 3 | 5 | 6)
+                    | (Some(b'x'), 3)
+                    | (Some(b'i'), 6)
+                    | (Some(b'n'), 7 | 8)
+                    | (Some(b't'), 5 | 8)
+                    | (Some(b'p'), 9)
+                    | (Some(b'm'), 4)
             )
         {
-            // In HTML content, only the tags named below change anything.
+            // In HTML content, only the tags named below change anything (svg, style,
+            // script, xmp, iframe, noembed, noframes, title, textarea, plaintext, math):
+            // first letter and length tell the rest (`p`, `span`, `td`, …) apart at once.
             return;
         }
         let mut lower = [0u8; 16];
