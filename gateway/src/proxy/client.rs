@@ -304,7 +304,6 @@ impl Client {
                         framing,
                         keep_alive,
                         back: Some((self.shared.clone(), https, origin.clone())),
-                        failed: None,
                     };
                     if let Framing::Length(0) = framing {
                         // Nothing to read (HEAD, 204, 304, an empty body): the connection
@@ -805,8 +804,6 @@ pub(super) struct H1Body {
     keep_alive: bool,
     /// Where the connection goes when the body has been read to its end.
     back: Option<(Arc<Shared>, bool, http::uri::Authority)>,
-    /// A failure held back for one poll: see [`H1Body::poll_data`].
-    failed: Option<io::Error>,
 }
 
 impl H1Body {
@@ -829,25 +826,8 @@ impl H1Body {
         io::Error::new(io::ErrorKind::InvalidData, msg)
     }
 
-    /// The next piece of the body. A failure is reported one poll late: the server writing
-    /// the body on flushes what it has when the body is pending, but drops it unsent when
-    /// the body fails, so the bytes that came before a reset would never reach the browser
-    /// (nor the response head, when the reset follows the first bytes at once).
+    /// The next piece of the body.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if let Some(e) = self.failed.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
-        match self.poll_inner(cx) {
-            Poll::Ready(Some(Err(e))) => {
-                self.failed = Some(e);
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            other => other,
-        }
-    }
-
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -1018,9 +998,7 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::H1(b) => {
-                b.failed.is_none() && (b.conn.is_none() || matches!(b.framing, Framing::Length(0)))
-            }
+            Self::H1(b) => b.conn.is_none() || matches!(b.framing, Framing::Length(0)),
             Self::H2(b) => b.is_end_stream(),
         }
     }

@@ -41,6 +41,8 @@ pub(super) struct Relay {
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     done: bool,
+    /// A failure held back for one poll: see [`Relay::poll_frame`].
+    failed: Option<ProxyError>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -63,19 +65,15 @@ impl Relay {
             idle: f.timeouts.body_idle,
             timer: None,
             done: false,
+            failed: None,
         }
     }
-}
 
-impl Body for Relay {
-    type Data = Bytes;
-    type Error = ProxyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    fn poll_next(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
-        let this = self.get_mut();
+        let this = self;
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -131,9 +129,37 @@ impl Body for Relay {
             }
         }
     }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = ProxyError;
+
+    /// The next piece of the body. A failure (the origin's body breaking off, a stall, a
+    /// body that does not decode) is reported one poll late: the server writing the body
+    /// on flushes what it has when the body is pending but drops it unsent when the body
+    /// fails, so what came just before a failure (even the response head) would never
+    /// reach the browser.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match this.poll_next(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.done || (self.html.is_none() && self.inner.is_end_stream())
+        self.failed.is_none() && (self.done || (self.html.is_none() && self.inner.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
