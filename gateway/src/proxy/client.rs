@@ -24,6 +24,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
@@ -336,16 +337,8 @@ impl Client {
             .unwrap_or(host);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let connect = async {
-            let mut last = None;
-            for addr in tokio::net::lookup_host((host, port)).await? {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "the origin's name has no address")
-            }))
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+            connect_any(addrs).await
         };
         let tcp = tokio::time::timeout(self.connect_timeout, connect)
             .await
@@ -389,6 +382,51 @@ impl Client {
         };
         pool.h2 = Some(sender.clone());
         Ok(Checkout::H2(sender))
+    }
+}
+
+/// How long an attempt to connect to one of an origin's addresses runs alone before the
+/// next address is tried beside it (RFC 8305's "connection attempt delay").
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
+
+/// Connects to the first of `addrs` that answers, in their order (the resolver's, which
+/// puts the preferred family first), the next one started when the one before failed or
+/// has not answered within [`NEXT_ADDRESS_AFTER`], the earlier ones still running: an
+/// address that swallows packets (a broken IPv6 route) costs a quarter of a second, not
+/// the whole connect timeout.
+async fn connect_any(addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+    let mut pending = addrs.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut last = None;
+    loop {
+        if running.is_empty() {
+            let Some(addr) = pending.next() else {
+                return Err(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the origin's name has no address")
+                }));
+            };
+            running.spawn(TcpStream::connect(addr));
+        }
+        let next = tokio::time::sleep(NEXT_ADDRESS_AFTER);
+        tokio::select! {
+            done = running.join_next() => match done {
+                Some(Ok(Ok(stream))) => return Ok(stream),
+                Some(Ok(Err(e))) => {
+                    last = Some(e);
+                    // Failed: the next address at once.
+                    if let Some(addr) = pending.next() {
+                        running.spawn(TcpStream::connect(addr));
+                    }
+                }
+                Some(Err(e)) => last = Some(io::Error::other(e)),
+                None => {}
+            },
+            () = next, if pending.len() > 0 => {
+                if let Some(addr) = pending.next() {
+                    running.spawn(TcpStream::connect(addr));
+                }
+            }
+        }
     }
 }
 

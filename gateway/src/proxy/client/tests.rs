@@ -460,3 +460,49 @@ async fn an_origin_that_is_not_there_is_unreachable() {
     let err = fetch(&client(), get(addr, "/")).await.unwrap_err();
     assert!(matches!(err, ProxyError::Unreachable(_)), "{err}");
 }
+
+#[tokio::test]
+async fn an_address_that_refuses_is_passed_over_for_the_next() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    let stream = super::connect_any(vec![closed, closed, open])
+        .await
+        .unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), open);
+    let err = super::connect_any(vec![closed, closed]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let err = super::connect_any(Vec::new()).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn an_address_that_does_not_answer_does_not_hold_up_the_next() {
+    // A listener whose accept queue is full drops further SYNs: a connect to it hangs, as
+    // to an address behind a broken route.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(1).unwrap();
+    let silent = full.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(Ok(s)) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent)).await
+    {
+        held.push(s);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    // One at a time, the first attempt would wait out the kernel's SYN retries (minutes).
+    let stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        super::connect_any(vec![silent, open]),
+    )
+    .await
+    .expect("the next address was not tried while the first hung")
+    .unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), open);
+    drop(held);
+}
