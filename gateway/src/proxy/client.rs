@@ -16,8 +16,11 @@
 //! upgrade is ever asked for. Heads are bounded ([`MAX_HEAD`], [`MAX_HEADERS`]), so are
 //! chunk-size lines and trailers.
 //!
-//! A connection goes back to the pool only when its response body was read to the end
-//! and neither side said `close`. Taking one from the pool checks, without a system call
+//! Connecting tries an origin's addresses in the resolver's order, each with a head start
+//! of [`NEXT_ADDRESS_AFTER`] over the next ([`connect_any`]).
+//!
+//! A connection goes back to the pool only when its response body was read to the end,
+//! nothing came after it, and neither side said `close`. Taking one from the pool checks, without a system call
 //! unless the socket has signalled something, that the origin has not closed it; a request
 //! without a body that still meets a connection closed under it (before any byte of an
 //! answer came back) is sent once more on a new one, as hyper's pool does.
