@@ -10,8 +10,6 @@
 //! `/go/{service}` with the same path, which logs the patron in if need be.
 
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -21,6 +19,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;

@@ -27,12 +27,12 @@
 //! Freshness is judged by the `now` the caller passes (so tests move time without
 //! sleeping); an entry from the future (the clock stepped back) is not fresh.
 
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use rustc_hash::FxHashMap;
 
 use super::{LiveSession, Store, StoreCounters, StoreFuture, redis::RedisConn};
 use crate::session::{SessionData, SessionId, Ticket, TicketKind};

@@ -7,12 +7,12 @@
 //! last one (amortized O(1) per insert); and by [`MemoryStore::spawn_sweeper`] on a timer,
 //! so an idle gateway lets go of memory too. The mutex is never held across an `.await`.
 
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use rustc_hash::FxHashMap;
 
 use super::{Clock, LiveSession, Store, StoreError, StoreFuture, deadline};
 use crate::session::{SessionData, SessionId, Ticket, TicketKind};
