@@ -506,3 +506,31 @@ async fn an_address_that_does_not_answer_does_not_hold_up_the_next() {
     assert_eq!(stream.peer_addr().unwrap(), open);
     drop(held);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+
+    /// Any bytes an origin sends as a head, whole or cut anywhere: a response, "not yet",
+    /// or an error; never a panic.
+    #[test]
+    fn any_head_bytes_parse_or_fail_cleanly(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        prefix in proptest::sample::select(vec![
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.0 204 x\r\ncontent-length: ",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: ",
+        ]),
+        head_method in proptest::sample::select(vec![Method::GET, Method::HEAD]),
+    ) {
+        let mut buf = prefix.to_vec();
+        buf.extend_from_slice(&bytes);
+        buf.extend_from_slice(b"\r\n\r\n");
+        for end in [buf.len(), buf.len() / 2] {
+            if let Ok(Some((len, super::Head::Final(mut b)))) = super::parse_head(&buf[..end], &head_method) {
+                let head = Bytes::copy_from_slice(&buf[..len]);
+                let _ = b.finish(&head);
+            }
+        }
+    }
+}
