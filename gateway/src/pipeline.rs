@@ -102,7 +102,10 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 
 /// The session of this request, if its cookie names a live one. A malformed id is
 /// refused before any store lookup.
-pub(crate) async fn session(app: &App, headers: &HeaderMap) -> Option<(SessionId, SessionData)> {
+pub(crate) async fn session(
+    app: &App,
+    headers: &HeaderMap,
+) -> Option<(SessionId, Arc<SessionData>)> {
     let id = SessionId::parse(cookie(headers, session_cookie(app))?).ok()?;
     match app.store.get_session(&id, app.clock.now()).await {
         Ok(Some(data)) => Some((id, data)),

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -78,7 +78,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         &'a self,
         id: &'a SessionId,
         now: Timestamp,
-    ) -> StoreFuture<'a, Option<SessionData>> {
+    ) -> StoreFuture<'a, Option<Arc<SessionData>>> {
         Box::pin(async move { Ok(self.touch_session(id, now).await?.map(|l| l.data)) })
     }
 
@@ -123,7 +123,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// A live session as the store holds it: the data and when it ends at the latest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveSession {
-    pub data: SessionData,
+    /// Shared, not copied: a proxied request reads the session of every page view, and
+    /// the memory store and the session cache hand out the same data each time.
+    pub data: Arc<SessionData>,
     /// The idle deadline after this use.
     pub idle_until: Timestamp,
     /// The absolute deadline, fixed at login.

@@ -374,7 +374,7 @@ fn button_href(html: &str) -> Option<String> {
     )
 }
 
-async fn session(gw: &Gateway, reply: &Reply) -> SessionData {
+async fn session(gw: &Gateway, reply: &Reply) -> Arc<SessionData> {
     let id = reply.cookie("portvakt").expect("a session cookie");
     gw.app
         .store

@@ -164,16 +164,22 @@ async fn sessions_round_trip_and_delete(r: Replicas) {
         .await
         .unwrap();
     assert_ne!(id, other);
-    assert_eq!(store.get_session(&id, t0()).await.unwrap(), Some(d.clone()));
+    assert_eq!(
+        store.get_session(&id, t0()).await.unwrap(),
+        Some(Arc::new(d.clone()))
+    );
     // Another replica sees it too.
     assert_eq!(
         r.replica().get_session(&id, t0()).await.unwrap(),
-        Some(d.clone())
+        Some(Arc::new(d.clone()))
     );
     store.delete_session(&id).await.unwrap();
     store.delete_session(&id).await.unwrap();
     assert_eq!(store.get_session(&id, t0()).await.unwrap(), None);
-    assert_eq!(store.get_session(&other, t0()).await.unwrap(), Some(d));
+    assert_eq!(
+        store.get_session(&other, t0()).await.unwrap(),
+        Some(Arc::new(d))
+    );
     // An id the store never issued finds nothing.
     let forged = SessionId::generate().unwrap();
     assert_eq!(store.get_session(&forged, t0()).await.unwrap(), None);

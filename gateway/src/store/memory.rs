@@ -46,7 +46,7 @@ impl Default for Inner {
 }
 
 struct SessionEntry {
-    data: SessionData,
+    data: Arc<SessionData>,
     ttl_idle: Duration,
     idle_until: Timestamp,
     absolute_until: Timestamp,
@@ -136,7 +136,7 @@ impl MemoryStore {
     ) -> Result<SessionId, StoreError> {
         let absolute_until = deadline(now, ttl_absolute);
         let entry = SessionEntry {
-            data,
+            data: Arc::new(data),
             ttl_idle,
             idle_until: deadline(now, ttl_idle).min(absolute_until),
             absolute_until,
@@ -170,7 +170,7 @@ impl MemoryStore {
             .min(entry.absolute_until)
             .max(entry.idle_until);
         Some(LiveSession {
-            data: entry.data.clone(),
+            data: Arc::clone(&entry.data),
             idle_until: entry.idle_until,
             absolute_until: entry.absolute_until,
         })
@@ -362,11 +362,17 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(id, other);
-        assert_eq!(store.get_session(&id, t0()).await.unwrap(), Some(d.clone()));
+        assert_eq!(
+            store.get_session(&id, t0()).await.unwrap(),
+            Some(Arc::new(d.clone()))
+        );
         store.delete_session(&id).await.unwrap();
         store.delete_session(&id).await.unwrap();
         assert_eq!(store.get_session(&id, t0()).await.unwrap(), None);
-        assert_eq!(store.get_session(&other, t0()).await.unwrap(), Some(d));
+        assert_eq!(
+            store.get_session(&other, t0()).await.unwrap(),
+            Some(Arc::new(d))
+        );
         // An id the store never issued finds nothing.
         let forged = SessionId::generate().unwrap();
         assert_eq!(store.get_session(&forged, t0()).await.unwrap(), None);

@@ -301,7 +301,7 @@ impl RedisStore {
             return Ok(None);
         };
         Ok(Some(LiveSession {
-            data: serde_json::from_slice(&json)?,
+            data: Arc::new(serde_json::from_slice(&json)?),
             idle_until: ms_to_timestamp(idle),
             absolute_until: ms_to_timestamp(absolute),
         }))
