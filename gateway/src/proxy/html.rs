@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -180,6 +181,31 @@ pub(super) struct HtmlStream {
     /// it passes through as it is.
     rewrite: bool,
     warned: bool,
+    /// The changes to the tag being rewritten, kept between tags so that rewriting
+    /// allocates only while a page's largest tag is new.
+    changes: Changes,
+}
+
+/// Which attributes of a tag get which new values (`values[range]`).
+#[derive(Default)]
+struct Changes {
+    at: Vec<(usize, Range<usize>)>,
+    values: Vec<u8>,
+}
+
+impl Changes {
+    fn push(&mut self, attr: usize, value: &[u8]) {
+        let start = self.values.len();
+        self.values.extend_from_slice(value);
+        self.at.push((attr, start..self.values.len()));
+    }
+
+    fn of(&self, attr: usize) -> Option<&[u8]> {
+        self.at
+            .iter()
+            .find(|(a, _)| *a == attr)
+            .map(|(_, r)| &self.values[r.clone()])
+    }
 }
 
 impl HtmlStream {
@@ -190,6 +216,7 @@ impl HtmlStream {
             links,
             rewrite: plan.charset.is_none_or(|e| e.is_ascii_compatible()),
             warned: false,
+            changes: Changes::default(),
         }
     }
 
@@ -218,8 +245,10 @@ impl HtmlStream {
             out.extend_from_slice(decoded);
             return;
         };
-        self.scanner
-            .push(decoded, out, &mut |tag, to| rewrite_tag(links, tag, to));
+        let changes = &mut self.changes;
+        self.scanner.push(decoded, out, &mut |tag, to| {
+            rewrite_tag(links, tag, to, changes)
+        });
         if self.scanner.gave_up() && !self.warned {
             self.warned = true;
             tracing::warn!("HTML rewriter memory limit reached; rest of page unrewritten");
@@ -311,15 +340,20 @@ fn from_text(original: &[u8], new: String) -> Option<Vec<u8>> {
 /// Rewrites one start tag's links; writes the new tag to `out` and says so, or leaves it.
 /// A changed tag is written as lol_html writes one: `<name`, each attribute as it was or,
 /// when changed, as `name="value"` (a `"` in it as `&quot;`), then `>` or ` />`.
-fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool {
+fn rewrite_tag(
+    links: Links<'_>,
+    tag: &StartTag<'_>,
+    out: &mut Vec<u8>,
+    changes: &mut Changes,
+) -> bool {
     if tag.attrs.is_empty() {
         return false;
     }
     let mut seen = 0u16;
     let mut refresh = false;
     let mut content = None;
-    // Rarely more than one per element; a Vec allocates only when something changes.
-    let mut changes: Vec<(usize, Vec<u8>)> = Vec::new();
+    changes.at.clear();
+    changes.values.clear();
     for (n, attr) in tag.attrs.iter().enumerate() {
         let name = tag.bytes(&attr.name);
         // Most attributes (`class`, `id`, `rel`, …) are none of ours: a length outside
@@ -353,10 +387,10 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
             Kind::Link => match links.rewrite_prefix(value) {
                 // The usual case by bytes, with no detour through text and back.
                 Some((len, new)) => {
-                    let mut v = Vec::with_capacity(new.len() + value.len() - len);
-                    v.extend_from_slice(new.as_bytes());
-                    v.extend_from_slice(&value[len..]);
-                    changes.push((n, v));
+                    let start = changes.values.len();
+                    changes.values.extend_from_slice(new.as_bytes());
+                    changes.values.extend_from_slice(&value[len..]);
+                    changes.at.push((n, start..changes.values.len()));
                     continue;
                 }
                 None => links.rewrite(&as_text(value)),
@@ -373,7 +407,7 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
             }
         };
         if let Some(new) = new.and_then(|new| from_text(value, new)) {
-            changes.push((n, new));
+            changes.push(n, &new);
         }
     }
     if refresh
@@ -382,20 +416,28 @@ fn rewrite_tag(links: Links<'_>, tag: &StartTag<'_>, out: &mut Vec<u8>) -> bool 
         && let Some(new) = super::headers::refresh_links(links, &as_text(value))
             .and_then(|new| from_text(value, new))
     {
-        changes.push((n, new));
+        changes.push(n, &new);
     }
-    if changes.is_empty() {
+    if changes.at.is_empty() {
         return false;
     }
+    // At most the tag as it was, the new values and their quotes: one allocation for the
+    // first rewritten tag of a page, none after.
+    let source = tag
+        .attrs
+        .last()
+        .map_or(tag.name.end, |a| a.end)
+        .saturating_sub(tag.name.start);
+    out.reserve(source + changes.values.len() + 8 * changes.at.len() + 8);
     out.push(b'<');
     out.extend_from_slice(tag.bytes(&tag.name));
     for (n, attr) in tag.attrs.iter().enumerate() {
         out.push(b' ');
-        match changes.iter().find(|(c, _)| *c == n) {
-            Some((_, new)) => {
+        match changes.of(n) {
+            Some(new) => {
                 out.extend_from_slice(tag.bytes(&attr.name));
                 out.extend_from_slice(b"=\"");
-                let mut rest = &new[..];
+                let mut rest = new;
                 while let Some(q) = memchr::memchr(b'"', rest) {
                     out.extend_from_slice(&rest[..q]);
                     out.extend_from_slice(b"&quot;");

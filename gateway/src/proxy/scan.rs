@@ -169,6 +169,8 @@ const MAX_NS_DEPTH: usize = 1024;
 #[derive(Debug)]
 pub(super) struct Scanner {
     mode: Mode,
+    /// The namespaces opened above the page's own (HTML, not stored: most pages open
+    /// none, and a scanner per page then allocates nothing for it).
     ns: Vec<Ns>,
     /// Namespace pushes beyond [`MAX_NS_DEPTH`], popped before the stack is.
     ns_overflow: usize,
@@ -188,7 +190,7 @@ impl Scanner {
     pub fn new(limit: usize) -> Self {
         Self {
             mode: Mode::Data,
-            ns: vec![Ns::Html],
+            ns: Vec::new(),
             ns_overflow: 0,
             carry: Vec::new(),
             attrs: Vec::new(),
@@ -507,13 +509,13 @@ impl Scanner {
     fn pop_ns(&mut self) {
         if self.ns_overflow > 0 {
             self.ns_overflow -= 1;
-        } else if self.ns.len() > 1 {
+        } else {
             self.ns.pop();
         }
     }
 
     fn start_tag(&mut self, buf: &[u8], name: &[u8], attrs: &[Attr], self_closing: bool) {
-        if self.ns.len() == 1
+        if self.ns.is_empty()
             && self.ns_overflow == 0
             && !matches!(
                 (name.first().map(u8::to_ascii_lowercase), name.len()),
@@ -589,7 +591,7 @@ impl Scanner {
     }
 
     fn end_tag(&mut self, name: &[u8]) {
-        if self.ns.len() == 1 && self.ns_overflow == 0 {
+        if self.ns.is_empty() && self.ns_overflow == 0 {
             // Not in foreign content nor an integration point: nothing to leave.
             return;
         }
@@ -601,7 +603,13 @@ impl Scanner {
                 let prev = if self.ns_overflow > 0 {
                     None
                 } else {
-                    self.ns.len().checked_sub(2).map(|i| self.ns[i])
+                    // Below the top, or the page's own HTML.
+                    Some(
+                        self.ns
+                            .len()
+                            .checked_sub(2)
+                            .map_or(Ns::Html, |i| self.ns[i]),
+                    )
                 };
                 let leaves = match prev {
                     Some(Ns::Svg) => matches!(name, b"desc" | b"title" | b"foreignobject"),
