@@ -170,6 +170,26 @@ cpu_ticks() {
     echo "$total $sys"
 }
 
+# Context switches of a process's threads and its children's: involuntary (pre-empted),
+# then voluntary (went to sleep: waiting for work).
+ctx_switches() {
+    local inv=0 vol=0 p q t kids v n
+    for p in "$@"; do
+        kids=$(pgrep -P "$p" 2>/dev/null || true)
+        for q in $p $kids; do
+            for t in /proc/"$q"/task/*/status; do
+                while read -r n v; do
+                    case "$n" in
+                    nonvoluntary_ctxt_switches:) inv=$((inv + v)) ;;
+                    voluntary_ctxt_switches:) vol=$((vol + v)) ;;
+                    esac
+                done <"$t" 2>/dev/null || true
+            done
+        done
+    done
+    echo "$inv $vol"
+}
+
 # --- (a) the origin ------------------------------------------------------------------------
 "${SRV_PIN[@]}" "$LOADGEN" origin --port 0 --lifetime 1h >"$TMP/origin.port" 2>"$TMP/origin.log" &
 ORIGIN_PID=$!
@@ -393,7 +413,7 @@ fi
 # --- Runs ----------------------------------------------------------------------------------
 # run NAME MODE [loadgen args…]: warm-up for closed runs, then the measured run with the CPU
 # time of the server under test (and of the origin) read before and after.
-declare -A LINE SRV_CPU SRV_SYS ORIGIN_CPU
+declare -A LINE SRV_CPU SRV_SYS ORIGIN_CPU PREEMPT ORIGIN_WAKE
 server_pid() {
     case "$1" in
     direct) echo "$ORIGIN_PID" ;;
@@ -413,7 +433,7 @@ target_args() {
 json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]:-}" | tr -d '"'; }
 
 run() {
-    local name=$1 mode=$2 pid s0 s1 k0 k1 o0 o1 n
+    local name=$1 mode=$2 pid s0 s1 k0 k1 o0 o1 i0 i1 w0 w1 n
     shift 2
     local args
     read -r -a args <<<"$(target_args "$name")"
@@ -425,6 +445,8 @@ run() {
     pid=$(server_pid "$name")
     # shellcheck disable=SC2086 # one or two pids
     read -r s0 k0 < <(cpu_ticks $pid); read -r o0 _ < <(cpu_ticks "$ORIGIN_PID")
+    # shellcheck disable=SC2086
+    read -r i0 _ < <(ctx_switches $pid); read -r _ w0 < <(ctx_switches "$ORIGIN_PID")
     local sub=$mode
     [ "$mode" = moderate ] && sub=rate
     LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$sub" "$@" "${args[@]}" \
@@ -432,7 +454,11 @@ run() {
         die "the $mode run against $name failed"
     # shellcheck disable=SC2086
     read -r s1 k1 < <(cpu_ticks $pid); read -r o1 _ < <(cpu_ticks "$ORIGIN_PID")
+    # shellcheck disable=SC2086
+    read -r i1 _ < <(ctx_switches $pid); read -r _ w1 < <(ctx_switches "$ORIGIN_PID")
     n=$(json "$name.$mode" requests)
+    PREEMPT[$name.$mode]=$(awk -v c=$((i1 - i0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
+    ORIGIN_WAKE[$name.$mode]=$(awk -v c=$((w1 - w0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
     SRV_CPU[$name.$mode]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     SRV_SYS[$name.$mode]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     ORIGIN_CPU[$name.$mode]=$(awk -v t=$((o1 - o0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
@@ -455,6 +481,8 @@ keep_round() {
     SRV_CPU[$k.$2]=${SRV_CPU[$k]}
     SRV_SYS[$k.$2]=${SRV_SYS[$k]}
     ORIGIN_CPU[$k.$2]=${ORIGIN_CPU[$k]}
+    PREEMPT[$k.$2]=${PREEMPT[$k]}
+    ORIGIN_WAKE[$k.$2]=${ORIGIN_WAKE[$k]}
 }
 median_round() {
     local t=$1 r
@@ -481,6 +509,8 @@ for t in "${TARGETS[@]}"; do
     SRV_CPU[$t.closed]=${SRV_CPU[$t.closed.$m]}
     SRV_SYS[$t.closed]=${SRV_SYS[$t.closed.$m]}
     ORIGIN_CPU[$t.closed]=${ORIGIN_CPU[$t.closed.$m]}
+    PREEMPT[$t.closed]=${PREEMPT[$t.closed.$m]}
+    ORIGIN_WAKE[$t.closed]=${ORIGIN_WAKE[$t.closed.$m]}
 done
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
 say "fixed rate: $RATE req/s (direct closed-loop throughput / $RATE_DIVISOR)"
@@ -497,7 +527,7 @@ echo
 echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
 echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; moderate rate $MODERATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
 echo
-printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req
+printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req preempt/req origin_wake/req
 for t in direct nginx "${PV_TARGETS[@]}"; do
     for m in closed rate moderate; do
         if [ -z "${LINE[$t.$m]:-}" ]; then
@@ -508,13 +538,16 @@ for t in direct nginx "${PV_TARGETS[@]}"; do
             -v p99="$(json "$t.$m" p99_us)" -v mx="$(json "$t.$m" max_us)" \
             -v err=$(($(json "$t.$m" errors) + $(json "$t.$m" non_2xx))) \
             -v cpu="${SRV_CPU[$t.$m]}" -v sys="${SRV_SYS[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
-            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12.1f %12s\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, sys, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)) }'
+            -v pre="${PREEMPT[$t.$m]}" -v wake="${ORIGIN_WAKE[$t.$m]}" \
+            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12.1f %12s %12.2f %12.2f\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, sys, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)), pre, wake }'
     done
 done
 echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt,"
 echo " portvakt and redis-server together for portvakt-redis — user+system CPU time during the run"
 echo " divided by the requests; sys_us/req: the part of it spent in the kernel (loopback TCP,"
-echo " epoll); origin_us/req: the origin's)"
+echo " epoll); origin_us/req: the origin's; preempt/req: the server's involuntary context"
+echo " switches per request (pre-empted, mostly by the origin on the same core); origin_wake/req:"
+echo " the origin's voluntary ones (it went to sleep; 1/x is how many requests it served per wake-up))"
 echo
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
