@@ -207,7 +207,8 @@ impl Scanner {
     }
 
     /// Scans `chunk`, appending to `out` what can be sent now: the input, with each start
-    /// tag for which `rewrite` wrote a replacement (returning `true`) replaced.
+    /// tag for which `rewrite` wrote a replacement (returning `true`) replaced. `rewrite`
+    /// sees only start tags with attributes: one without has nothing to rewrite.
     pub fn push(
         &mut self,
         chunk: &[u8],
@@ -308,10 +309,19 @@ impl Scanner {
         out: &mut Vec<u8>,
         rewrite: &mut impl FnMut(&StartTag<'_>, &mut Vec<u8>) -> bool,
     ) -> Step {
-        let Some(k) = find_byte(b'<', &buf[pos..]) else {
-            return Step::At(buf.len());
+        let mut pos = pos;
+        let lt = loop {
+            let Some(k) = find_byte(b'<', &buf[pos..]) else {
+                return Step::At(buf.len());
+            };
+            let lt = pos + k;
+            // Most tags of a page (`<p>`, `</p>`, `<li>`, `</a>`) have no attributes and
+            // change no state: they are passed over here, without the general path.
+            match self.inert_tag(buf, lt) {
+                Some(end) => pos = end,
+                None => break lt,
+            }
         };
-        let lt = pos + k;
         let Some(&next) = buf.get(lt + 1) else {
             return Step::NeedMore(lt);
         };
@@ -375,7 +385,10 @@ impl Scanner {
                             self_closing: t.self_closing,
                         };
                         self.scratch.clear();
-                        if attrs.len() <= MAX_ATTRS && rewrite(&tag, &mut self.scratch) {
+                        if !attrs.is_empty()
+                            && attrs.len() <= MAX_ATTRS
+                            && rewrite(&tag, &mut self.scratch)
+                        {
                             out.extend_from_slice(&buf[*emitted..lt]);
                             out.extend_from_slice(&self.scratch);
                             *emitted = t.end;
@@ -390,6 +403,33 @@ impl Scanner {
             }
             _ => Step::At(lt + 1),
         }
+    }
+
+    /// Where a tag at `lt` ends if it is a start or end tag without attributes that
+    /// changes nothing in the scanner's state (in HTML content: the start tags
+    /// [`inert_in_html`] tells, and every end tag); `None` for anything else, left to the
+    /// general path, as is a tag cut off by the end of the buffer.
+    #[inline]
+    fn inert_tag(&self, buf: &[u8], lt: usize) -> Option<usize> {
+        if !self.ns.is_empty() || self.ns_overflow > 0 || (lt == 0 && self.resume.is_some()) {
+            return None;
+        }
+        let rest = buf.get(lt + 1..)?;
+        let (end_tag, name_at) = match rest.first()? {
+            b'/' => (true, 1),
+            _ => (false, 0),
+        };
+        if !rest.get(name_at)?.is_ascii_alphabetic() {
+            return None;
+        }
+        let name_len = rest[name_at..]
+            .iter()
+            .position(|&b| CLASS[usize::from(b)] & DELIM != 0)?;
+        let close = name_at + name_len;
+        if rest[close] != b'>' || !(end_tag || inert_in_html(&rest[name_at..close])) {
+            return None;
+        }
+        Some(lt + close + 2)
     }
 
     /// A tag at `lt` runs past the end of the buffer: it is kept (from `lt`, which becomes
@@ -515,22 +555,7 @@ impl Scanner {
     }
 
     fn start_tag(&mut self, buf: &[u8], name: &[u8], attrs: &[Attr], self_closing: bool) {
-        if self.ns.is_empty()
-            && self.ns_overflow == 0
-            && !matches!(
-                (name.first().map(u8::to_ascii_lowercase), name.len()),
-                (Some(b's'), 3 | 5 | 6)
-                    | (Some(b'x'), 3)
-                    | (Some(b'i'), 6)
-                    | (Some(b'n'), 7 | 8)
-                    | (Some(b't'), 5 | 8)
-                    | (Some(b'p'), 9)
-                    | (Some(b'm'), 4)
-            )
-        {
-            // In HTML content, only the tags named below change anything (svg, style,
-            // script, xmp, iframe, noembed, noframes, title, textarea, plaintext, math):
-            // first letter and length tell the rest (`p`, `span`, `td`, …) apart at once.
+        if self.ns.is_empty() && self.ns_overflow == 0 && inert_in_html(name) {
             return;
         }
         let mut lower = [0u8; 16];
@@ -635,6 +660,25 @@ impl Scanner {
             }
         }
     }
+}
+
+/// Whether a start tag of this name, in HTML content, changes nothing in the scanner's
+/// state: only svg, style, script, xmp, iframe, noembed, noframes, title, textarea,
+/// plaintext and math do, and first letter and length tell the rest (`p`, `span`, `td`,
+/// …) apart at once (a few, like `sup` or `mark`, go the long way and are found inert
+/// there).
+#[inline]
+fn inert_in_html(name: &[u8]) -> bool {
+    !matches!(
+        (name.first().map(u8::to_ascii_lowercase), name.len()),
+        (Some(b's'), 3 | 5 | 6)
+            | (Some(b'x'), 3)
+            | (Some(b'i'), 6)
+            | (Some(b'n'), 7 | 8)
+            | (Some(b't'), 5 | 8)
+            | (Some(b'p'), 9)
+            | (Some(b'm'), 4)
+    )
 }
 
 /// `name` in ASCII lowercase, in `buf` if it fits (longer names are none we look for).
