@@ -89,15 +89,36 @@ pub(crate) fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
 }
 
+/// The value of the first cookie called `name` in the request's `Cookie` headers (a
+/// header that is not visible ASCII is passed over). Every proxied request looks up the
+/// service host's cookie, so this goes by bytes: `;` by `memchr`, no text searcher.
 pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .find_map(|v| cookie_in(v, name))
+}
+
+/// `name`'s value in one `Cookie` header's `a=1; b=2`.
+fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = header;
+    loop {
+        let (pair, next) = match memchr::memchr(b';', rest.as_bytes()) {
+            // `;` is ASCII: a character boundary on both sides.
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        // A visible-ASCII header has no other whitespace than spaces and tabs.
+        if let Some(value) = pair
+            .trim_ascii()
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('='))
+        {
+            return Some(value);
+        }
+        rest = next?;
+    }
 }
 
 /// The session of this request, if its cookie names a live one. A malformed id is
@@ -1078,5 +1099,31 @@ mod tests {
         assert_eq!(cookie(&h, "portvakt"), Some("b"));
         assert_eq!(cookie(&h, "portvakt-login"), Some("a"));
         assert_eq!(cookie(&h, "other"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_in_any_header_with_any_spacing() {
+        let mut h = HeaderMap::new();
+        // Not visible ASCII: the whole header is passed over.
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"portvakt=\xff").unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            ";; xportvakt=c;portvakt-x=d".parse().unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            "a=1;\t portvakt=v=w \t; portvakt=second".parse().unwrap(),
+        );
+        h.append(header::COOKIE, "empty=; last=z".parse().unwrap());
+        assert_eq!(cookie(&h, "portvakt"), Some("v=w"));
+        assert_eq!(cookie(&h, "a"), Some("1"));
+        assert_eq!(cookie(&h, "empty"), Some(""));
+        assert_eq!(cookie(&h, "last"), Some("z"));
+        assert_eq!(cookie(&h, "portvakt-x"), Some("d"));
+        assert_eq!(cookie(&h, "x"), None);
+        assert_eq!(cookie(&h, ""), None);
     }
 }
