@@ -109,12 +109,12 @@ fi
 # --- Build ---------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ "$BUILD" = 1 ]; then
-    say "building portvakt and loadgen (release)…"
-    cargo build --release --locked --quiet -p gateway -p loadgen
+    say "building portvakt and loadgen (the production profile: release with LTO)…"
+    cargo build --profile production --locked --quiet -p gateway -p loadgen
 fi
-PORTVAKT=$TARGET_DIR/release/portvakt
-LOADGEN=$TARGET_DIR/release/loadgen
-[ -x "$PORTVAKT" ] && [ -x "$LOADGEN" ] || die "no release binaries in $TARGET_DIR/release (run without --no-build)"
+PORTVAKT=$TARGET_DIR/production/portvakt
+LOADGEN=$TARGET_DIR/production/loadgen
+[ -x "$PORTVAKT" ] && [ -x "$LOADGEN" ] || die "no production binaries in $TARGET_DIR/production (run without --no-build)"
 
 # --- Cleanup -------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portvakt-load.XXXXXX")
@@ -413,7 +413,7 @@ fi
 # --- Runs ----------------------------------------------------------------------------------
 # run NAME MODE [loadgen args…]: warm-up for closed runs, then the measured run with the CPU
 # time of the server under test (and of the origin) read before and after.
-declare -A LINE SRV_CPU SRV_SYS ORIGIN_CPU PREEMPT ORIGIN_WAKE
+declare -A LINE SRV_CPU SRV_SYS ORIGIN_CPU PREEMPT SLEEPS ORIGIN_WAKE
 server_pid() {
     case "$1" in
     direct) echo "$ORIGIN_PID" ;;
@@ -433,7 +433,7 @@ target_args() {
 json() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" <<<"${LINE[$1]:-}" | tr -d '"'; }
 
 run() {
-    local name=$1 mode=$2 pid s0 s1 k0 k1 o0 o1 i0 i1 w0 w1 n
+    local name=$1 mode=$2 pid s0 s1 k0 k1 o0 o1 i0 i1 v0 v1 w0 w1 n
     shift 2
     local args
     read -r -a args <<<"$(target_args "$name")"
@@ -446,7 +446,7 @@ run() {
     # shellcheck disable=SC2086 # one or two pids
     read -r s0 k0 < <(cpu_ticks $pid); read -r o0 _ < <(cpu_ticks "$ORIGIN_PID")
     # shellcheck disable=SC2086
-    read -r i0 _ < <(ctx_switches $pid); read -r _ w0 < <(ctx_switches "$ORIGIN_PID")
+    read -r i0 v0 < <(ctx_switches $pid); read -r _ w0 < <(ctx_switches "$ORIGIN_PID")
     local sub=$mode
     [ "$mode" = moderate ] && sub=rate
     LINE[$name.$mode]=$("${GEN_PIN[@]}" "$LOADGEN" "$sub" "$@" "${args[@]}" \
@@ -455,9 +455,10 @@ run() {
     # shellcheck disable=SC2086
     read -r s1 k1 < <(cpu_ticks $pid); read -r o1 _ < <(cpu_ticks "$ORIGIN_PID")
     # shellcheck disable=SC2086
-    read -r i1 _ < <(ctx_switches $pid); read -r _ w1 < <(ctx_switches "$ORIGIN_PID")
+    read -r i1 v1 < <(ctx_switches $pid); read -r _ w1 < <(ctx_switches "$ORIGIN_PID")
     n=$(json "$name.$mode" requests)
     PREEMPT[$name.$mode]=$(awk -v c=$((i1 - i0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
+    SLEEPS[$name.$mode]=$(awk -v c=$((v1 - v0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
     ORIGIN_WAKE[$name.$mode]=$(awk -v c=$((w1 - w0)) -v n="$n" 'BEGIN { printf "%.2f", n ? c / n : 0 }')
     SRV_CPU[$name.$mode]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
     SRV_SYS[$name.$mode]=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
@@ -482,6 +483,7 @@ keep_round() {
     SRV_SYS[$k.$2]=${SRV_SYS[$k]}
     ORIGIN_CPU[$k.$2]=${ORIGIN_CPU[$k]}
     PREEMPT[$k.$2]=${PREEMPT[$k]}
+    SLEEPS[$k.$2]=${SLEEPS[$k]}
     ORIGIN_WAKE[$k.$2]=${ORIGIN_WAKE[$k]}
 }
 median_round() {
@@ -510,6 +512,7 @@ for t in "${TARGETS[@]}"; do
     SRV_SYS[$t.closed]=${SRV_SYS[$t.closed.$m]}
     ORIGIN_CPU[$t.closed]=${ORIGIN_CPU[$t.closed.$m]}
     PREEMPT[$t.closed]=${PREEMPT[$t.closed.$m]}
+    SLEEPS[$t.closed]=${SLEEPS[$t.closed.$m]}
     ORIGIN_WAKE[$t.closed]=${ORIGIN_WAKE[$t.closed.$m]}
 done
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
@@ -527,7 +530,7 @@ echo
 echo "Portvakt load test, $(date -u +%Y-%m-%dT%H:%MZ): $NCPU cores ($CPU_MODEL), kernel $(uname -r)"
 echo "loopback; $CONNECTIONS connections; $DURATION per run; fixed rate $RATE req/s; moderate rate $MODERATE req/s; page $(json direct.closed bytes_per_response) bytes; store $STORE"
 echo
-printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req preempt/req origin_wake/req
+printf '%-14s %-7s %10s %9s %9s %9s %8s %12s %12s %12s %12s %12s %12s\n' target run req/s p50_ms p99_ms max_ms errors cpu_us/req sys_us/req origin_us/req preempt/req sleep/req origin_wake/req
 for t in direct nginx "${PV_TARGETS[@]}"; do
     for m in closed rate moderate; do
         if [ -z "${LINE[$t.$m]:-}" ]; then
@@ -538,21 +541,29 @@ for t in direct nginx "${PV_TARGETS[@]}"; do
             -v p99="$(json "$t.$m" p99_us)" -v mx="$(json "$t.$m" max_us)" \
             -v err=$(($(json "$t.$m" errors) + $(json "$t.$m" non_2xx))) \
             -v cpu="${SRV_CPU[$t.$m]}" -v sys="${SRV_SYS[$t.$m]}" -v ocpu="${ORIGIN_CPU[$t.$m]}" \
-            -v pre="${PREEMPT[$t.$m]}" -v wake="${ORIGIN_WAKE[$t.$m]}" \
-            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12.1f %12s %12.2f %12.2f\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, sys, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)), pre, wake }'
+            -v pre="${PREEMPT[$t.$m]}" -v slp="${SLEEPS[$t.$m]}" -v wake="${ORIGIN_WAKE[$t.$m]}" \
+            'BEGIN { printf "%-14s %-7s %10.0f %9.3f %9.3f %9.3f %8d %12.1f %12.1f %12s %12.2f %12.2f %12.2f\n", t, m, rps, p50/1000, p99/1000, mx/1000, err, cpu, sys, (t == "direct" ? "(same)" : sprintf("%.1f", ocpu)), pre, slp, wake }'
     done
 done
 echo "(cpu_us/req: the server under test — the origin for direct, nginx master+worker, portvakt,"
 echo " portvakt and redis-server together for portvakt-redis — user+system CPU time during the run"
 echo " divided by the requests; sys_us/req: the part of it spent in the kernel (loopback TCP,"
 echo " epoll); origin_us/req: the origin's; preempt/req: the server's involuntary context"
-echo " switches per request (pre-empted, mostly by the origin on the same core); origin_wake/req:"
+echo " switches per request (pre-empted, mostly by the origin on the same core); sleep/req: its"
+echo " voluntary ones (it waited for work: for direct, these are the origin's); origin_wake/req:"
 echo " the origin's voluntary ones (it went to sleep; 1/x is how many requests it served per wake-up))"
 echo
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
 verdict() { awk -v v="$1" -v lim="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= lim : v <= lim; print ok ? "met" : "NOT met" }'; }
 echo "nginx/direct throughput (closed):   $(ratio "$(json nginx.closed rps)" "$(json direct.closed rps)")"
+if [ "$ROUNDS" -gt 1 ]; then
+    # Each target's own figures by round: which of them moved when a ratio did.
+    for t in "${TARGETS[@]}"; do
+        echo "$t by round: req/s $(for ((r = 1; r <= ROUNDS; r++)); do printf '%.0f ' "$(json "$t.closed.$r" rps)"; done)," \
+            "CPU µs/request $(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${SRV_CPU[$t.closed.$r]}"; done)"
+    done
+fi
 for t in "${PV_TARGETS[@]}"; do
     if [ -n "${PV_UNAVAILABLE[$t]}" ]; then
         echo "$t targets: not measured — ${PV_UNAVAILABLE[$t]}"
