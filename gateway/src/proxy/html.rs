@@ -421,8 +421,7 @@ fn rewrite_tag(
     if changes.at.is_empty() {
         return false;
     }
-    // At most the tag as it was, the new values and their quotes: one allocation for the
-    // first rewritten tag of a page, none after.
+    // At most the tag as it was, the new values and their quotes.
     let source = tag
         .attrs
         .last()

@@ -179,8 +179,6 @@ pub(super) struct Scanner {
     attrs: Vec<Attr>,
     /// How far a tag cut off at the end of the last chunk was read (it is at 0 of `carry`).
     resume: Option<Resume>,
-    /// Where a rewritten tag is written before it is known to be one.
-    scratch: Vec<u8>,
     limit: usize,
     passthrough: bool,
 }
@@ -195,7 +193,6 @@ impl Scanner {
             carry: Vec::new(),
             attrs: Vec::new(),
             resume: None,
-            scratch: Vec::new(),
             limit,
             passthrough: false,
         }
@@ -207,8 +204,9 @@ impl Scanner {
     }
 
     /// Scans `chunk`, appending to `out` what can be sent now: the input, with each start
-    /// tag for which `rewrite` wrote a replacement (returning `true`) replaced. `rewrite`
-    /// sees only start tags with attributes: one without has nothing to rewrite.
+    /// tag for which `rewrite` wrote a replacement (appending it to the `Vec` it is given,
+    /// `out` itself, and returning `true`) replaced. `rewrite` sees only start tags with
+    /// attributes: one without has nothing to rewrite.
     pub fn push(
         &mut self,
         chunk: &[u8],
@@ -384,14 +382,18 @@ impl Scanner {
                             attrs: &attrs,
                             self_closing: t.self_closing,
                         };
-                        self.scratch.clear();
-                        if !attrs.is_empty()
-                            && attrs.len() <= MAX_ATTRS
-                            && rewrite(&tag, &mut self.scratch)
-                        {
+                        if !attrs.is_empty() && attrs.len() <= MAX_ATTRS {
+                            // What comes before the tag goes out first, so that a
+                            // replacement can be written straight after it; anything a
+                            // rewriter wrote without returning `true` is taken back.
                             out.extend_from_slice(&buf[*emitted..lt]);
-                            out.extend_from_slice(&self.scratch);
-                            *emitted = t.end;
+                            *emitted = lt;
+                            let mark = out.len();
+                            if rewrite(&tag, out) {
+                                *emitted = t.end;
+                            } else {
+                                out.truncate(mark);
+                            }
                         }
                         self.start_tag(buf, &buf[t.name], &attrs, t.self_closing);
                         Step::At(t.end)
