@@ -132,7 +132,7 @@ type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
 /// The public listener: [`dispatch`] by host, the login host's pages through their router.
 fn public_handler(app: Arc<App>) -> Handler {
     let pages = pipeline::router(app.clone());
-    Arc::new(move |req| Box::pin(dispatch(app.clone(), pages.clone(), req)))
+    Arc::new(move |req| dispatch(&app, &pages, req))
 }
 
 /// A listener served by one router (the admin listener).
@@ -146,22 +146,27 @@ fn router_handler(router: Router) -> Handler {
 /// Which host a request is for, and whether the gateway will touch it at all. Nothing
 /// here ever contacts a vendor: a `CONNECT`, an HTTP/1 absolute-form target, or a host the
 /// gateway does not own is answered on the spot.
-async fn dispatch(app: Arc<App>, pages: Router, req: Request<Body>) -> Response {
+///
+/// Decided before any future is made, and only the chosen branch's future is boxed: one
+/// future holding both the pages' router and the proxy was over 6 kB, copied into its
+/// box on every request.
+fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>) -> BoxedAnswer {
+    let ready = |r: Response| -> BoxedAnswer { Box::pin(std::future::ready(r)) };
     if req.method() == axum::http::Method::CONNECT {
-        return plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n");
+        return ready(plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n"));
     }
     let Some(host) = request_host(&req) else {
-        return unknown_host(&req);
+        return ready(unknown_host(&req));
     };
     let mut req = req;
     if req.version() < axum::http::Version::HTTP_2 {
         // HTTP/1 absolute-form ("GET http://host/path") is how a forward proxy is asked;
         // this is not one.
         if req.uri().authority().is_some() {
-            return plain(
+            return ready(plain(
                 StatusCode::BAD_REQUEST,
                 "absolute-form request targets are not accepted\n",
-            );
+            ));
         }
     } else if let Some(pq) = req.uri().path_and_query().cloned() {
         // HTTP/2 always carries the authority; keep only the path for the handlers.
@@ -174,16 +179,17 @@ async fn dispatch(app: Arc<App>, pages: Router, req: Request<Body>) -> Response 
         }
     }
     if host == app.public_host {
-        return pages.oneshot(req).await.into_response();
+        let pages = pages.clone();
+        return Box::pin(async move { pages.oneshot(req).await.into_response() });
     }
     match host
         .strip_suffix(app.public_host.as_str())
         .and_then(|h| h.strip_suffix('.'))
     {
-        Some(label) if !label.is_empty() && !label.contains('.') => {
-            crate::service_host::handle(app.clone(), label.to_owned(), req).await
-        }
-        _ => unknown_host(&req),
+        Some(label) if !label.is_empty() && !label.contains('.') => Box::pin(
+            crate::service_host::handle(app.clone(), label.to_owned(), req),
+        ),
+        _ => ready(unknown_host(&req)),
     }
 }
 
