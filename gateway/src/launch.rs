@@ -44,6 +44,8 @@ pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
         Some((cert, key)) => Some(crate::tls::server_config(cert, key).map_err(|e| e.to_string())?),
         None => None,
     };
+    // Before anything listens: see `termination`.
+    let stop = crate::server::termination();
     let public = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -59,7 +61,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
         policy = %app.policy().summary(),
         "portvakt is serving"
     );
-    crate::server::run_until(running, crate::server::termination()).await;
+    crate::server::run_until(running, stop).await;
     Ok(())
 }
 
@@ -233,8 +235,9 @@ pub async fn demo(port: u16, admin_port: u16, policy: PathBuf) -> Result<(), Str
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         admin_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
     };
+    let stop = crate::server::termination();
     let (running, cards, host) = crate::demo::start(opts, policy).await?;
     println!("{}", crate::demo::banner(&host, running.admin_addr, &cards));
-    crate::server::run_until(running, crate::server::termination()).await;
+    crate::server::run_until(running, stop).await;
     Ok(())
 }

@@ -92,19 +92,31 @@ pub async fn run_until(running: Running, shutdown: impl Future<Output = ()>) {
     running.shutdown().await;
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: called before the listeners open, a stop that comes
+/// right after the gateway announces itself (an orchestrator's, a test's) is a clean stop,
+/// never the signal's default action, which would end the process without flushing the
+/// usage counts. Must be called inside the runtime.
+pub fn termination() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    if let Err(e) = term.as_ref().and(int.as_ref()) {
+        tracing::warn!(error = %e, "cannot listen for SIGTERM or SIGINT");
+    }
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(term.ok()) => {}
+            _ = wait(int.ok()) => {}
         }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
