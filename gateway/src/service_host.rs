@@ -328,31 +328,18 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
             );
         }
     };
-    let subject = data.subject();
+    let subject = data.subject_ref();
     let ip = match peer {
         Some(p) => app.client_ip(p.0.ip(), headers),
         None => return pipeline::not_found_page(t),
     };
-    let decision = crate::policy::decide(
-        &policy,
-        &subject,
-        &service,
-        Some(ip),
-        jiff::Timestamp::now(),
-    );
+    let decision =
+        crate::policy::decide(&policy, subject, &service, Some(ip), jiff::Timestamp::now());
     let permit = match decision {
         Decision::Permit(p) => p,
         Decision::Deny(reason) => {
-            let credited = pipeline::credited(&policy, ip, &subject);
-            return pipeline::deny(
-                &app,
-                t,
-                headers,
-                &service,
-                &credited,
-                Some(&subject),
-                reason,
-            );
+            let credited = pipeline::credited(&policy, ip, subject);
+            return pipeline::deny(&app, t, headers, &service, &credited, Some(subject), reason);
         }
     };
     if let Some(rate) = svc.rate_per_user
@@ -367,7 +354,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
             headers,
             &service,
             permit.institution.as_str(),
-            Some(&subject),
+            Some(subject),
             DenyReason::RateLimited,
         );
     }
@@ -376,7 +363,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         .release_cache
         .get_or_insert(&session, &policy, &permit, || {
             let released =
-                crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
+                crate::policy::release(&policy, &permit, subject, Some(&app.pseudonym_key));
             let attributes: Vec<(String, String)> = released
                 .attributes
                 .iter()

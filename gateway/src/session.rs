@@ -202,7 +202,32 @@ pub struct SessionData {
     /// The per-session CSRF token every form post of this session must carry (see
     /// [`SessionData::csrf_matches`]); 43 base64url characters.
     pub csrf: String,
+    /// [`SessionData::subject_ref`], worked out at its first use. Never stored (the store
+    /// holds the fields above) and never shown.
+    #[serde(skip)]
+    subject: SubjectCache,
 }
+
+/// A subject worked out once per session data: the session is shared (`Arc`) between the
+/// requests that use it, and every proxied page view decides for its subject. It is only a
+/// function of the other fields, so it does not take part in equality, and a clone starts
+/// without it.
+#[derive(Default)]
+struct SubjectCache(std::sync::OnceLock<Subject>);
+
+impl Clone for SubjectCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SubjectCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SubjectCache {}
 
 impl SessionData {
     /// The session of a fresh login, with a new random CSRF token.
@@ -223,10 +248,17 @@ impl SessionData {
             login_method,
             created_at,
             csrf: Token::generate()?.expose(),
+            subject: SubjectCache::default(),
         })
     }
 
-    /// The subject for `policy::decide`.
+    /// The subject for `policy::decide`, worked out once for this session data (the copy
+    /// every request of a session shares) rather than once a request.
+    pub fn subject_ref(&self) -> &Subject {
+        self.subject.0.get_or_init(|| self.subject())
+    }
+
+    /// The subject for `policy::decide`, made afresh.
     pub fn subject(&self) -> Subject {
         Subject {
             key: SubjectKey::new(self.subject_key.clone()),
@@ -384,6 +416,23 @@ mod tests {
         assert!(!dbg.contains("12345"), "{dbg}");
         assert!(!dbg.contains("2008"), "{dbg}");
         assert!(!dbg.contains(&data.csrf), "{dbg}");
+    }
+
+    #[test]
+    fn the_shared_subject_is_worked_out_once_and_never_stored() {
+        let data = SessionData::new(&subject(), LoginMethod::Card, Timestamp::UNIX_EPOCH).unwrap();
+        let before = serde_json::to_value(&data).unwrap();
+        let first = data.subject_ref();
+        assert_eq!(*first, subject());
+        assert!(std::ptr::eq(first, data.subject_ref()), "worked out once");
+        // Not stored, not compared, not shown.
+        assert_eq!(serde_json::to_value(&data).unwrap(), before);
+        assert!(before.get("subject").is_none());
+        let fresh: SessionData = serde_json::from_value(before).unwrap();
+        assert_eq!(fresh, data);
+        assert!(!format!("{data:?}").contains("12345"));
+        // A copy works its own out, the same.
+        assert_eq!(*data.clone().subject_ref(), subject());
     }
 
     #[test]
