@@ -11,6 +11,8 @@
 mod http;
 #[path = "support/privacy.rs"]
 mod privacy;
+#[path = "support/reaper.rs"]
+mod reaper;
 #[path = "support/sip2_peer.rs"]
 mod sip2_peer;
 
@@ -135,6 +137,8 @@ timeout = "1s"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Kept in a `static`, so never dropped: see `support/reaper.rs`.
+    reaper::reap_when_done(child.id());
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();

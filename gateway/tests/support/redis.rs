@@ -14,6 +14,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "reaper.rs"]
+mod reaper;
+
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -80,6 +83,7 @@ impl RedisServer {
                  install it with `apt-get install redis-server` (scripts/setup does)"
             ),
         };
+        reaper::reap_when_done(child.id());
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
