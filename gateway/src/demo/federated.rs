@@ -259,14 +259,7 @@ fn random_token() -> Result<String, String> {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+    crate::pipeline::cookie(headers, name).map(str::to_owned)
 }
 
 fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: u32) {
