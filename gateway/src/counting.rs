@@ -148,7 +148,7 @@ pub fn kind_of(proxy: &crate::policy::ProxySettings, path_and_query: &str) -> Ki
 pub(crate) struct PendingRequest {
     pub usage: Arc<Usage>,
     pub institution: InstitutionId,
-    pub service: String,
+    pub service: crate::ids::ServiceId,
     pub affiliation: Affiliation,
     pub age_band: AgeBand,
     /// The session id: the double-click rule and uniqueness are per session.
@@ -172,7 +172,7 @@ impl PendingRequest {
         self.usage.record(Event::Request {
             who: Counted {
                 institution: self.institution.as_str(),
-                service: &self.service,
+                service: self.service.as_str(),
                 affiliation: self.affiliation,
                 age_band: self.age_band,
                 person: None,

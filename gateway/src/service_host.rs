@@ -55,13 +55,19 @@ pub fn cookie_value(app: &App, session: &SessionId, label: &str) -> String {
     format!("{id}.{}", app.service_cookie_mac(&id, label))
 }
 
-/// The session a service-host cookie names, if its binding to `label` holds.
-fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<SessionId> {
+/// The session a service-host cookie names, if its binding to `label` holds, with the
+/// session id as the cookie spells it (which is [`SessionId::expose`]: `parse` takes only
+/// that one spelling).
+fn session_from_cookie<'h>(
+    app: &App,
+    headers: &'h HeaderMap,
+    label: &str,
+) -> Option<(SessionId, &'h str)> {
     let value = pipeline::cookie(headers, cookie_name(app))?;
-    if let Some(session) = app.verified_cookies.get(value, label) {
-        return Some(session);
-    }
     let (id, mac) = value.split_once('.')?;
+    if let Some(session) = app.verified_cookies.get(value, label) {
+        return Some((session, id));
+    }
     let expected = app.service_cookie_mac(id, label);
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         mac.as_bytes(),
@@ -71,7 +77,7 @@ fn session_from_cookie(app: &App, headers: &HeaderMap, label: &str) -> Option<Se
     }
     let session = SessionId::parse(id).ok()?;
     app.verified_cookies.insert(value, label, &session);
-    Some(session)
+    Some((session, id))
 }
 
 /// Service-host cookies whose mac has been checked, each with the host label it binds to:
@@ -286,32 +292,30 @@ fn quota(rate: Rate) -> Quota {
 
 /// Handles one request on a service host.
 pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Response {
-    let t = pages::language(req.headers(), None);
+    let headers = req.headers();
+    // The page language is worked out only for a page of our own (errors, refusals).
+    let t = || pages::language(headers, None);
     let policy = app.policy();
     let Some((svc, proxy, origin)) = policy.proxy_origin(&label) else {
-        return pipeline::not_found_page(t);
+        return pipeline::not_found_page(t());
     };
-    let service = svc.id.to_string();
+    let service = svc.id.as_str();
     let peer = req.extensions().get::<Peer>().copied();
 
     if req.uri().path() == ENTER_PATH {
-        return enter(&app, &label, &service, req.headers(), req.uri().query()).await;
+        return enter(&app, &label, service, headers, req.uri().query()).await;
     }
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let back_to_entry = || {
         let location = app.public_url(&pipeline::go_location_for_host(
-            &service,
-            Some(&path_and_query),
+            service,
+            Some(path_and_query),
             &label,
         ));
         pipeline::see_other(&location)
     };
 
-    let headers = req.headers();
-    let Some(session_id) = session_from_cookie(&app, headers, &label) else {
+    let Some((session_id, session)) = session_from_cookie(&app, headers, &label) else {
         return back_to_entry();
     };
     let data = match app.store.get_session(&session_id, app.clock.now()).await {
@@ -319,6 +323,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         Ok(None) => return back_to_entry(),
         Err(e) => {
             tracing::warn!(error = %e, "the session store is not answering");
+            let t = t();
             return pipeline::message(
                 t,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -331,37 +336,44 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
     let subject = data.subject_ref();
     let ip = match peer {
         Some(p) => app.client_ip(p.0.ip(), headers),
-        None => return pipeline::not_found_page(t),
+        None => return pipeline::not_found_page(t()),
     };
     let decision =
-        crate::policy::decide(&policy, subject, &service, Some(ip), jiff::Timestamp::now());
+        crate::policy::decide(&policy, subject, service, Some(ip), jiff::Timestamp::now());
     let permit = match decision {
         Decision::Permit(p) => p,
         Decision::Deny(reason) => {
             let credited = pipeline::credited(&policy, ip, subject);
-            return pipeline::deny(&app, t, headers, &service, &credited, Some(subject), reason);
+            return pipeline::deny(
+                &app,
+                t(),
+                headers,
+                service,
+                &credited,
+                Some(subject),
+                reason,
+            );
         }
     };
     if let Some(rate) = svc.rate_per_user
         && !app
             .rate_limits
-            .check(&service, rate, &data.subject_key, app.clock.now())
+            .check(service, rate, &data.subject_key, app.clock.now())
             .await
     {
         return pipeline::deny(
             &app,
-            t,
+            t(),
             headers,
-            &service,
+            service,
             permit.institution.as_str(),
             Some(subject),
             DenyReason::RateLimited,
         );
     }
-    let session = session_id.expose();
     let release = app
         .release_cache
-        .get_or_insert(&session, &policy, &permit, || {
+        .get_or_insert(session, &policy, &permit, || {
             let released =
                 crate::policy::release(&policy, &permit, subject, Some(&app.pseudonym_key));
             let attributes: Vec<(String, String)> = released
@@ -375,26 +387,28 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
     let forward = crate::proxy::Forward {
         origin,
         hosts: &hosts,
-        service: &service,
+        service,
         release: &release,
         gateway_cookies: &app.gateway_cookies,
         timeouts: Default::default(),
     };
-    let kind = crate::counting::kind_of(proxy, &path_and_query);
+    let kind = crate::counting::kind_of(proxy, path_and_query);
     let pending = crate::counting::PendingRequest {
         usage: app.usage.clone(),
         age_band: crate::policy::AgeBand::of(subject.age, permit.day),
         institution: permit.institution,
-        service: service.clone(),
+        service: svc.id.clone(),
         affiliation: subject.affiliation,
         // Only searches and items need the session (double clicks, uniqueness).
         session: if kind == crate::counting::Kind::Plain {
             String::new()
         } else {
-            session
+            session.to_owned()
         },
         kind,
     };
+    // The patron's page language, for an error page, before the request is handed on.
+    let t = t();
     match crate::proxy::forward(&app.upstreams, &forward, req).await {
         Ok(resp) => crate::counting::count_response(pending, resp),
         Err(e) => {
