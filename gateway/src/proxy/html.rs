@@ -216,7 +216,11 @@ impl HtmlStream {
             links,
             rewrite: plan.charset.is_none_or(|e| e.is_ascii_compatible()),
             warned: false,
-            changes: Changes::default(),
+            // Sized for a page's usual tag, so that it does not grow step by step.
+            changes: Changes {
+                at: Vec::with_capacity(4),
+                values: Vec::with_capacity(256),
+            },
         }
     }
 
@@ -437,7 +441,7 @@ fn rewrite_tag(
                 out.extend_from_slice(tag.bytes(&attr.name));
                 out.extend_from_slice(b"=\"");
                 let mut rest = new;
-                while let Some(q) = memchr::memchr(b'"', rest) {
+                while let Some(q) = super::scan::find_byte(b'"', rest) {
                     out.extend_from_slice(&rest[..q]);
                     out.extend_from_slice(b"&quot;");
                     rest = &rest[q + 1..];

@@ -63,17 +63,18 @@ fn find_class(buf: &[u8], i: usize, mask: u8) -> usize {
         .map_or(buf.len(), |k| i + k)
 }
 
-/// `memchr` with a look at the first bytes by hand: between tags and inside attribute
-/// values the next `<` or quote is mostly a few bytes away, where `memchr`'s setup costs
-/// more than the search.
+/// `memchr` for the short distances of a page (the next `<` after a few words, the
+/// closing quote of an attribute value): on x86-64 the SSE2 search, which every x86-64
+/// has, is called directly and inlined; `memchr::memchr` would first pick an
+/// implementation at run time (through a function pointer) and set up AVX2, which costs
+/// more than such a search.
 #[inline]
-fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    const NEAR: usize = 16;
-    let near = hay.len().min(NEAR);
-    match hay[..near].iter().position(|&b| b == needle) {
-        Some(i) => Some(i),
-        None => memchr(needle, &hay[near..]).map(|i| near + i),
+pub(super) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(needle) {
+        return one.find(hay);
     }
+    memchr(needle, hay)
 }
 
 fn is_delim(b: u8) -> bool {
@@ -191,7 +192,8 @@ impl Scanner {
             ns: Vec::new(),
             ns_overflow: 0,
             carry: Vec::new(),
-            attrs: Vec::new(),
+            // A page's usual tag has a few attributes: no growth step by step.
+            attrs: Vec::with_capacity(8),
             resume: None,
             limit,
             passthrough: false,
@@ -258,7 +260,7 @@ impl Scanner {
                 Mode::ScriptEscaped { dash } => self.script_escaped(buf, pos, dash, false),
                 Mode::ScriptDoubleEscaped { dash } => self.script_escaped(buf, pos, dash, true),
                 Mode::Comment { dash, bang } => self.comment(buf, pos, dash, bang),
-                Mode::Bogus => match memchr(b'>', &buf[pos..]) {
+                Mode::Bogus => match find_byte(b'>', &buf[pos..]) {
                     Some(k) => {
                         self.mode = Mode::Data;
                         Step::At(pos + k + 1)
@@ -450,7 +452,7 @@ impl Scanner {
     /// also begins an escape ([`Self::script_escaped`]).
     fn text(&mut self, buf: &[u8], mut pos: usize, name: &'static [u8]) -> Step {
         let script = name == b"script";
-        while let Some(k) = memchr(b'<', &buf[pos..]) {
+        while let Some(k) = find_byte(b'<', &buf[pos..]) {
             let lt = pos + k;
             if script {
                 let rest = &buf[lt + 1..];
@@ -519,7 +521,7 @@ impl Scanner {
     }
 
     fn comment(&mut self, buf: &[u8], mut pos: usize, dash: usize, bang: usize) -> Step {
-        while let Some(k) = memchr(b'>', &buf[pos..]) {
+        while let Some(k) = find_byte(b'>', &buf[pos..]) {
             let gt = pos + k;
             let closes = (gt >= dash + 2 && &buf[gt - 2..gt] == b"--")
                 || (gt >= bang + 3 && &buf[gt - 3..gt] == b"--!");
