@@ -87,15 +87,19 @@ NCPU=$(nproc)
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 say "machine: $NCPU cores ($CPU_MODEL), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # Servers (origin, nginx, portvakt) on one core, the generator on another, so the generator
-# does not take CPU from what it measures. SERVER_CPUS / GEN_CPUS override (taskset lists).
+# does not take CPU from what it measures. SERVER_CPUS / GEN_CPUS override (taskset lists);
+# ORIGIN_CPUS (default: SERVER_CPUS) moves the origin off the proxies' core.
 SRV_PIN=()
 GEN_PIN=()
+ORIGIN_PIN=()
 if command -v taskset >/dev/null && [ "$NCPU" -ge 2 ]; then
     SERVER_CPUS=${SERVER_CPUS:-0}
     GEN_CPUS=${GEN_CPUS:-1}
+    ORIGIN_CPUS=${ORIGIN_CPUS:-$SERVER_CPUS}
     SRV_PIN=(taskset -c "$SERVER_CPUS")
     GEN_PIN=(taskset -c "$GEN_CPUS")
-    say "pinning: servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS"
+    ORIGIN_PIN=(taskset -c "$ORIGIN_CPUS")
+    say "pinning: servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS, origin on CPU $ORIGIN_CPUS"
     [ "$NCPU" -eq 2 ] && say "note: this machine has only 2 cores: the origin and the proxy under test share one," \
         "so proxied throughput is bounded by both together; nginx and portvakt are measured alike."
 else
@@ -191,7 +195,7 @@ ctx_switches() {
 }
 
 # --- (a) the origin ------------------------------------------------------------------------
-"${SRV_PIN[@]}" "$LOADGEN" origin --port 0 --lifetime 1h >"$TMP/origin.port" 2>"$TMP/origin.log" &
+"${ORIGIN_PIN[@]}" "$LOADGEN" origin --port 0 --lifetime 1h >"$TMP/origin.port" 2>"$TMP/origin.log" &
 ORIGIN_PID=$!
 PIDS+=("$ORIGIN_PID")
 wait_for "$ORIGIN_PID" origin test -s "$TMP/origin.port"
