@@ -194,7 +194,17 @@ struct Changes {
 }
 
 impl Changes {
+    /// Room for a usual tag's changes, made at the page's first change (a page that
+    /// changes nothing allocates nothing), so that the buffers do not grow step by step.
+    fn make_room(&mut self) {
+        if self.values.capacity() == 0 {
+            self.values.reserve(256);
+            self.at.reserve(4);
+        }
+    }
+
     fn push(&mut self, attr: usize, value: &[u8]) {
+        self.make_room();
         let start = self.values.len();
         self.values.extend_from_slice(value);
         self.at.push((attr, start..self.values.len()));
@@ -216,11 +226,7 @@ impl HtmlStream {
             links,
             rewrite: plan.charset.is_none_or(|e| e.is_ascii_compatible()),
             warned: false,
-            // Sized for a page's usual tag, so that it does not grow step by step.
-            changes: Changes {
-                at: Vec::with_capacity(4),
-                values: Vec::with_capacity(256),
-            },
+            changes: Changes::default(),
         }
     }
 
@@ -391,6 +397,7 @@ fn rewrite_tag(
             Kind::Link => match links.rewrite_prefix(value) {
                 // The usual case by bytes, with no detour through text and back.
                 Some((len, new)) => {
+                    changes.make_room();
                     let start = changes.values.len();
                     changes.values.extend_from_slice(new.as_bytes());
                     changes.values.extend_from_slice(&value[len..]);

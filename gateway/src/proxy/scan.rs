@@ -192,8 +192,7 @@ impl Scanner {
             ns: Vec::new(),
             ns_overflow: 0,
             carry: Vec::new(),
-            // A page's usual tag has a few attributes: no growth step by step.
-            attrs: Vec::with_capacity(8),
+            attrs: Vec::new(),
             resume: None,
             limit,
             passthrough: false,
@@ -830,6 +829,11 @@ fn parse_tag(
             .map_or(n, |k| i + k)
     };
     let push = |attrs: &mut Vec<Attr>, a: Attr| {
+        // Room for a usual tag's attributes at the page's first one (a page without any
+        // allocates nothing), rather than growing step by step.
+        if attrs.capacity() == 0 {
+            attrs.reserve(8);
+        }
         if attrs.len() <= MAX_ATTRS {
             attrs.push(a);
         }
