@@ -21,6 +21,8 @@
 # --callgrind: instead of the runs, portvakt under valgrind's callgrind, counting the
 # instructions it executes per proxied request (a steady figure on a busy machine);
 # CALLGRIND_OUT=dir keeps the dumps for callgrind_annotate.
+# PORTVAKT_BIN=path measures that portvakt binary instead of the one built here (to
+# compare two builds, run them in turns; each gets the same config and pinning).
 #
 # Installs nothing. Needs cargo, curl and nginx (Debian: apt-get install -y nginx-light),
 # redis-server for --store redis|both, valgrind for --callgrind.
@@ -51,7 +53,7 @@ while [ $# -gt 0 ]; do
     --store) STORE=$2; shift 2 ;;
     --callgrind) CALLGRIND=1; shift ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 1 ;;
     esac
 done
@@ -116,9 +118,10 @@ if [ "$BUILD" = 1 ]; then
     say "building portvakt and loadgen (the production profile: release with LTO)…"
     cargo build --profile production --locked --quiet -p gateway -p loadgen
 fi
-PORTVAKT=$TARGET_DIR/production/portvakt
+PORTVAKT=${PORTVAKT_BIN:-$TARGET_DIR/production/portvakt}
 LOADGEN=$TARGET_DIR/production/loadgen
-[ -x "$PORTVAKT" ] && [ -x "$LOADGEN" ] || die "no production binaries in $TARGET_DIR/production (run without --no-build)"
+[ -x "$PORTVAKT" ] || die "no portvakt binary at $PORTVAKT (run without --no-build, or fix PORTVAKT_BIN)"
+[ -x "$LOADGEN" ] || die "no loadgen binary in $TARGET_DIR/production (run without --no-build)"
 
 # --- Cleanup -------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portvakt-load.XXXXXX")
