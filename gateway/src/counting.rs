@@ -133,7 +133,8 @@ pub enum Kind {
 }
 
 pub fn kind_of(proxy: &crate::policy::ProxySettings, path_and_query: &str) -> Kind {
-    let path = path_and_query.split('?').next().unwrap_or("/");
+    let path =
+        crate::text::split_once_ascii(path_and_query, b'?').map_or(path_and_query, |(p, _)| p);
     if proxy.item_paths.iter().any(|p| p.matches(path)) {
         Kind::Item(path.to_owned())
     } else if proxy.search_paths.iter().any(|p| p.matches(path)) {

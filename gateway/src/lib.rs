@@ -26,5 +26,6 @@ pub mod sso;
 pub mod store;
 pub mod subject;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod usage;

@@ -91,7 +91,7 @@ pub(crate) fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64
 
 /// The value of the first cookie called `name` in the request's `Cookie` headers (a
 /// header that is not visible ASCII is passed over). Every proxied request looks up the
-/// service host's cookie, so this goes by bytes: `;` by `memchr`, no text searcher.
+/// service host's cookie, so this goes by bytes: `;` by [`crate::text::find_byte`], no text searcher.
 pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
@@ -104,9 +104,8 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     let mut rest = header;
     loop {
-        let (pair, next) = match memchr::memchr(b';', rest.as_bytes()) {
-            // `;` is ASCII: a character boundary on both sides.
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        let (pair, next) = match crate::text::split_once_ascii(rest, b';') {
+            Some((pair, next)) => (pair, Some(next)),
             None => (rest, None),
         };
         // A visible-ASCII header has no other whitespace than spaces and tabs.

@@ -64,7 +64,7 @@ fn session_from_cookie<'h>(
     label: &str,
 ) -> Option<(SessionId, &'h str)> {
     let value = pipeline::cookie(headers, cookie_name(app))?;
-    let (id, mac) = value.split_once('.')?;
+    let (id, mac) = crate::text::split_once_ascii(value, b'.')?;
     if let Some(session) = app.verified_cookies.get(value, label) {
         return Some((session, id));
     }

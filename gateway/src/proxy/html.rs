@@ -448,7 +448,7 @@ fn rewrite_tag(
                 out.extend_from_slice(tag.bytes(&attr.name));
                 out.extend_from_slice(b"=\"");
                 let mut rest = new;
-                while let Some(q) = super::scan::find_byte(b'"', rest) {
+                while let Some(q) = crate::text::find_byte(b'"', rest) {
                     out.extend_from_slice(&rest[..q]);
                     out.extend_from_slice(b"&quot;");
                     rest = &rest[q + 1..];

@@ -26,7 +26,9 @@
 
 use std::ops::Range;
 
-use memchr::{memchr, memchr2};
+use memchr::memchr2;
+
+use crate::text::find_byte;
 
 /// HTML whitespace as the tokenizer sees it (CR included: the input stream turns it to LF).
 fn is_ws(b: u8) -> bool {
@@ -61,20 +63,6 @@ fn find_class(buf: &[u8], i: usize, mask: u8) -> usize {
     buf.get(i..)
         .and_then(|rest| rest.iter().position(|&b| CLASS[usize::from(b)] & mask != 0))
         .map_or(buf.len(), |k| i + k)
-}
-
-/// `memchr` for the short distances of a page (the next `<` after a few words, the
-/// closing quote of an attribute value): on x86-64 the SSE2 search, which every x86-64
-/// has, is called directly and inlined; `memchr::memchr` would first pick an
-/// implementation at run time (through a function pointer) and set up AVX2, which costs
-/// more than such a search.
-#[inline]
-pub(super) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(needle) {
-        return one.find(hay);
-    }
-    memchr(needle, hay)
 }
 
 fn is_delim(b: u8) -> bool {

@@ -411,6 +411,47 @@ fn every_hop_by_hop_name_is_told_apart_as_one() {
     }
 }
 
+/// The `match`es the scrubbing uses say exactly what the lists say: every listed name,
+/// and no name one letter off (shorter, longer, or changed).
+#[test]
+fn the_name_matches_agree_with_the_lists() {
+    use super::headers::{HOP_BY_HOP, is_client_address, is_hop_by_hop};
+    const CLIENT_ADDRESS: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "client-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "via",
+    ];
+    for (list, is) in [
+        (HOP_BY_HOP, is_hop_by_hop as fn(&str) -> bool),
+        (CLIENT_ADDRESS, is_client_address),
+    ] {
+        for name in list {
+            assert!(is(name), "{name}");
+            let near = [
+                name[1..].to_owned(),
+                name[..name.len() - 1].to_owned(),
+                format!("{name}s"),
+                format!("x{name}"),
+                name.replacen(|c: char| c.is_ascii_lowercase(), "q", 1),
+                name.to_ascii_uppercase(),
+            ];
+            for other in near.iter().filter(|o| !list.contains(&o.as_str())) {
+                assert!(!is(other), "{other}");
+            }
+        }
+    }
+    for name in ["host", "cookie", "accept", "x-forwarded-for", ""] {
+        assert!(!is_hop_by_hop(name) && !is_client_address(name), "{name}");
+    }
+}
+
 #[test]
 fn one_cookie_header_keeps_the_vendors_cookies_and_loses_ours() {
     let hosts = Arc::new(map(Scheme::Http));
