@@ -5,6 +5,7 @@
 //! `<label>.<public_host>` is a service host (proxied in a later version); any other host
 //! gets 404, so the gateway never acts for a host it does not own.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,18 +139,22 @@ async fn reload_on_sighup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 /// What answers a listener's requests. A plain function rather than an axum `Router` at
 /// the top: a proxied page view goes from hyper to [`dispatch`] to the service host with
 /// no routing layers in between (they were a few per cent of its instructions).
-type Handler = Arc<dyn Fn(Request<Body>) -> BoxedAnswer + Send + Sync>;
+/// A listener's request handler, given the request and the address it came from. The
+/// address goes as an argument, not as a request extension: an extension is a map
+/// allocated for every request, and the proxied path needs none.
+type Handler = Arc<dyn Fn(Request<Body>, SocketAddr) -> BoxedAnswer + Send + Sync>;
 type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// The public listener: [`dispatch`] by host, the login host's pages through their router.
 fn public_handler(app: Arc<App>) -> Handler {
     let pages = pipeline::router(app.clone());
-    Arc::new(move |req| dispatch(&app, &pages, req))
+    Arc::new(move |req, peer| dispatch(&app, &pages, req, peer))
 }
 
 /// A listener served by one router (the admin listener).
 fn router_handler(router: Router) -> Handler {
-    Arc::new(move |req| {
+    Arc::new(move |mut req: Request<Body>, peer| {
+        req.extensions_mut().insert(Peer(peer));
         let router = router.clone();
         Box::pin(async move { router.oneshot(req).await.into_response() })
     })
@@ -162,12 +167,26 @@ fn router_handler(router: Router) -> Handler {
 /// Decided before any future is made, and only the chosen branch's future is boxed: one
 /// future holding both the pages' router and the proxy was over 6 kB, copied into its
 /// box on every request.
-fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>) -> BoxedAnswer {
+fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>, peer: SocketAddr) -> BoxedAnswer {
     let ready = |r: Response| -> BoxedAnswer { Box::pin(std::future::ready(r)) };
     if req.method() == axum::http::Method::CONNECT {
         return ready(plain(StatusCode::BAD_REQUEST, "CONNECT is not supported\n"));
     }
-    let Some(host) = request_host(&req) else {
+    // Which of ours it is, worked out while the host is borrowed from the request.
+    enum To {
+        Pages,
+        Service(String),
+    }
+    let to = match request_host(&req) {
+        None => None,
+        Some(host) if *host == *app.public_host => Some(To::Pages),
+        Some(host) => host
+            .strip_suffix(app.public_host.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|label| !label.is_empty() && !label.contains('.'))
+            .map(|label| To::Service(label.to_owned())),
+    };
+    let Some(to) = to else {
         return ready(unknown_host(&req));
     };
     let mut req = req;
@@ -190,18 +209,14 @@ fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>) -> BoxedAnswer {
             *req.uri_mut() = uri;
         }
     }
-    if host == app.public_host {
-        let pages = pages.clone();
-        return Box::pin(async move { pages.oneshot(req).await.into_response() });
-    }
-    match host
-        .strip_suffix(app.public_host.as_str())
-        .and_then(|h| h.strip_suffix('.'))
-    {
-        Some(label) if !label.is_empty() && !label.contains('.') => Box::pin(
-            crate::service_host::handle(app.clone(), label.to_owned(), req),
-        ),
-        _ => ready(unknown_host(&req)),
+    match to {
+        To::Pages => {
+            // The pages' handlers take the patron's address as an axum extension.
+            req.extensions_mut().insert(Peer(peer));
+            let pages = pages.clone();
+            Box::pin(async move { pages.oneshot(req).await.into_response() })
+        }
+        To::Service(label) => Box::pin(crate::service_host::handle(app.clone(), label, req, peer)),
     }
 }
 
@@ -215,17 +230,22 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// The request's host, lower case: the `Host` header (HTTP/1.1) or the authority
-/// (HTTP/2). An absolute-form target with a different authority is not ours.
-fn request_host(req: &Request<Body>) -> Option<String> {
+/// (HTTP/2). An absolute-form target with a different authority is not ours. Borrowed
+/// when it is already lower case, as browsers send it.
+fn request_host(req: &Request<Body>) -> Option<Cow<'_, str>> {
+    fn lower(s: &str) -> Cow<'_, str> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(s.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
     let header_host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase());
+        .map(lower);
+    let authority = req.uri().authority().map(|a| lower(a.as_str()));
     match (header_host, authority) {
         (Some(h), Some(a)) if h != a => None,
         (Some(h), _) => Some(h),
@@ -271,9 +291,7 @@ async fn accept_loop(
         let stopped = stopped.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(Peer(peer));
-                let answer = handler(req);
+                let answer = handler(req.map(Body::new), peer);
                 async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             match acceptor {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::pages;
-use crate::pipeline::{self, Peer};
+use crate::pipeline;
 use crate::policy::{Decision, DenyReason, Rate};
 use crate::session::{SessionId, Ticket, TicketKind};
 
@@ -291,7 +291,12 @@ fn quota(rate: Rate) -> Quota {
 }
 
 /// Handles one request on a service host.
-pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Response {
+pub async fn handle(
+    app: Arc<App>,
+    label: String,
+    req: Request<Body>,
+    peer: std::net::SocketAddr,
+) -> Response {
     let headers = req.headers();
     // The page language is worked out only for a page of our own (errors, refusals).
     let t = || pages::language(headers, None);
@@ -300,7 +305,6 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         return pipeline::not_found_page(t());
     };
     let service = svc.id.as_str();
-    let peer = req.extensions().get::<Peer>().copied();
 
     if req.uri().path() == ENTER_PATH {
         return enter(&app, &label, service, headers, req.uri().query()).await;
@@ -334,10 +338,7 @@ pub async fn handle(app: Arc<App>, label: String, req: Request<Body>) -> Respons
         }
     };
     let subject = data.subject_ref();
-    let ip = match peer {
-        Some(p) => app.client_ip(p.0.ip(), headers),
-        None => return pipeline::not_found_page(t()),
-    };
+    let ip = app.client_ip(peer.ip(), headers);
     let decision =
         crate::policy::decide(&policy, subject, service, Some(ip), jiff::Timestamp::now());
     let permit = match decision {

@@ -384,6 +384,31 @@ fn a_cookie_of_one_service_host_is_worthless_on_another() {
     assert_eq!(entered.header("location"), Some("/logo.png"));
 }
 
+/// Host names are case-insensitive: a `Host` in capitals reaches the same service host
+/// and the same login host, and the cookie bound to the label still holds.
+#[test]
+fn hosts_are_told_apart_whatever_their_case() {
+    let w = world();
+    let session = login();
+    let (host, cookie, _) = enter(&session, "avis", "/page.html");
+    let loud = host.to_ascii_uppercase();
+    assert_ne!(loud, host);
+    let page = browse(&loud, "/case-check", &[("Cookie", &cookie)], None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(w.main.requests().iter().any(|q| q.target == "/case-check"));
+    let login = browse(&w.host.to_ascii_uppercase(), "/login", &[], None);
+    assert_eq!(login.status, 200);
+    assert!(login.body.contains("name=\"csrf\""), "{}", login.body);
+    // Not a prefix or a look-alike of ours.
+    let other = browse(
+        &format!("X{loud}"),
+        "/case-check",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(other.status, 404);
+}
+
 #[test]
 fn without_a_cookie_the_patron_goes_back_through_the_entry_link() {
     let w = world();
