@@ -138,10 +138,10 @@ async fn reload_on_sighup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 
 /// What answers a listener's requests. A plain function rather than an axum `Router` at
 /// the top: a proxied page view goes from hyper to [`dispatch`] to the service host with
-/// no routing layers in between (they were a few per cent of its instructions).
-/// A listener's request handler, given the request and the address it came from. The
-/// address goes as an argument, not as a request extension: an extension is a map
-/// allocated for every request, and the proxied path needs none.
+/// no routing layers in between (they were a few per cent of its instructions). It is
+/// given the request and the address it came from: as an argument, not as a request
+/// extension, which is a map allocated for every request that the proxied path does not
+/// need.
 type Handler = Arc<dyn Fn(Request<Body>, SocketAddr) -> BoxedAnswer + Send + Sync>;
 type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
 
@@ -178,16 +178,13 @@ fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>, peer: SocketAddr
         Service(String),
     }
     let to = match request_host(&req) {
-        None => None,
+        None => return ready(unknown_host(&req)),
         Some(host) if *host == *app.public_host => Some(To::Pages),
         Some(host) => host
             .strip_suffix(app.public_host.as_str())
             .and_then(|h| h.strip_suffix('.'))
             .filter(|label| !label.is_empty() && !label.contains('.'))
             .map(|label| To::Service(label.to_owned())),
-    };
-    let Some(to) = to else {
-        return ready(unknown_host(&req));
     };
     let mut req = req;
     if req.version() < axum::http::Version::HTTP_2 {
@@ -210,13 +207,16 @@ fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>, peer: SocketAddr
         }
     }
     match to {
-        To::Pages => {
+        None => ready(unknown_host(&req)),
+        Some(To::Pages) => {
             // The pages' handlers take the patron's address as an axum extension.
             req.extensions_mut().insert(Peer(peer));
             let pages = pages.clone();
             Box::pin(async move { pages.oneshot(req).await.into_response() })
         }
-        To::Service(label) => Box::pin(crate::service_host::handle(app.clone(), label, req, peer)),
+        Some(To::Service(label)) => {
+            Box::pin(crate::service_host::handle(app.clone(), label, req, peer))
+        }
     }
 }
 
