@@ -26,6 +26,9 @@ const PIN: &str = "2468";
 const BIRTH: &str = "1980-02-03";
 const PATRON_IP: &str = "203.0.113.77";
 const PROXY_IP: &str = "127.0.0.2";
+/// The library's own network (on-site), and an address in it.
+const ONSITE_NET: &str = "198.51.100.0/24";
+const ONSITE_IP: &str = "198.51.100.9";
 
 struct World {
     gateway: SocketAddr,
@@ -52,6 +55,7 @@ id = "NO-2390700"
 name = "Sandefjordbiblioteket"
 kind = "public_library"
 municipality = "3907"
+networks = ["{ONSITE_NET}"]
 
 [[service]]
 id = "avis"
@@ -80,6 +84,14 @@ rate_per_user = "3/min"
 origin = "{main}"
 
 [[service]]
+id = "lov"
+name = "Lovdatabase (bare i biblioteket)"
+access = "proxy"
+location = "onsite"
+[service.proxy]
+origin = "{main}"
+
+[[service]]
 id = "down"
 name = "Nede"
 access = "proxy"
@@ -99,6 +111,11 @@ from = 2020-01-01
 [[entitlement]]
 institution = "NO-2390700"
 service = "burst"
+from = 2020-01-01
+
+[[entitlement]]
+institution = "NO-2390700"
+service = "lov"
 from = 2020-01-01
 
 [[entitlement]]
@@ -174,8 +191,20 @@ path = "patrons.toml"
 /// A request as the patron's browser sends it through the load balancer (127.0.0.2,
 /// trusted), so the gateway sees the patron's address `PATRON_IP`.
 fn browse(host: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    browse_via(PROXY_IP, PATRON_IP, host, target, headers, body)
+}
+
+/// A request from the connection's address `peer`, saying `X-Forwarded-For: forwarded`.
+fn browse_via(
+    peer: &str,
+    forwarded: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let mut req = format!(
-        "{} {target} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {PATRON_IP}\r\nConnection: close\r\n",
+        "{} {target} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {forwarded}\r\nConnection: close\r\n",
         if body.is_some() { "POST" } else { "GET" }
     );
     for (k, v) in headers {
@@ -189,7 +218,7 @@ fn browse(host: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>
     } else {
         req.push_str("\r\n");
     }
-    http::raw_from(PROXY_IP.parse().unwrap(), world().gateway, req.as_bytes())
+    http::raw_from(peer.parse().unwrap(), world().gateway, req.as_bytes())
 }
 
 fn login() -> String {
@@ -407,6 +436,51 @@ fn hosts_are_told_apart_whatever_their_case() {
         None,
     );
     assert_eq!(other.status, 404);
+}
+
+/// A service for on-site use only is decided on service-host requests by the patron's
+/// address as the spec reads it: the connection's peer, or `X-Forwarded-For` only from a
+/// trusted proxy. In the library it is served; the same session from home is refused, and
+/// so is a forged `X-Forwarded-For` from a peer that is not a trusted proxy. Neither
+/// refused request reaches the vendor.
+#[test]
+fn an_on_site_service_goes_by_the_patrons_address_on_every_request() {
+    let w = world();
+    let session = login();
+    let inside = |host: &str, target: &str, headers: &[(&str, &str)]| {
+        browse_via(PROXY_IP, ONSITE_IP, host, target, headers, None)
+    };
+    let go = inside(&w.host, "/go/lov?path=/", &[("Cookie", &session)]);
+    assert_eq!(go.status, 303, "{}", go.body);
+    let (host, target) = split(go.header("location").unwrap());
+    let entered = inside(&host, &target, &[]);
+    assert_eq!(entered.status, 303, "{}", entered.body);
+    let cookie = format!("portvakt-svc={}", entered.cookie("portvakt-svc").unwrap());
+
+    let r = inside(&host, "/onsite-in-the-library", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = browse(&host, "/onsite-from-home", &[("Cookie", &cookie)], None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = browse_via(
+        "127.0.0.3",
+        ONSITE_IP,
+        &host,
+        "/onsite-forged-forwarding",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let targets: Vec<String> = w.main.requests().iter().map(|q| q.target.clone()).collect();
+    assert!(targets.iter().any(|t| t == "/onsite-in-the-library"));
+    assert!(
+        !targets
+            .iter()
+            .any(|t| t == "/onsite-from-home" || t == "/onsite-forged-forwarding"),
+        "{targets:?}"
+    );
+    // The library's address, like the patron's at home, never reaches the vendor.
+    assert!(!w.main.raw_text().contains(ONSITE_IP));
 }
 
 #[test]
