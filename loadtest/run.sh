@@ -15,9 +15,11 @@
 #
 # --store: portvakt's session store; `both` measures portvakt twice, with the memory store
 # and with Redis (a redis-server of its own on a free loopback port), in the same run.
-# --rounds N: the closed-loop runs N times, the targets taking turns in each round; the
-# ratios are the medians of each round's ratios (runs minutes apart on a VM vary by more
-# than small changes do), and the table shows each target's median round.
+# --rounds N: the closed-loop runs and the moderate-rate runs N times each, the targets
+# taking turns in each round; the ratios and the p99 differences are the medians of each
+# round's (runs minutes apart on a VM vary by more than small changes do, and a burst of
+# noise in one target's only run would be read as that target's tail), and the table shows
+# each target's median round.
 # --callgrind: instead of the runs, portvakt under valgrind's callgrind, counting the
 # instructions it executes per proxied request (a steady figure on a busy machine);
 # CALLGRIND_OUT=dir keeps the dumps for callgrind_annotate.
@@ -481,23 +483,36 @@ TARGETS=(direct nginx)
 for t in "${PV_TARGETS[@]}"; do
     [ -z "${PV_UNAVAILABLE[$t]}" ] && TARGETS+=("$t")
 done
-# With --rounds, each round's closed-loop figures are kept under NAME.closed.ROUND, and
-# NAME.closed becomes the round with the target's median throughput.
+# With --rounds, each round's closed-loop and moderate-rate figures are kept under
+# NAME.MODE.ROUND; NAME.closed becomes the round with the target's median throughput, and
+# NAME.moderate the round with its median p99.
 keep_round() {
-    local k=$1.closed
-    LINE[$k.$2]=${LINE[$k]}
-    SRV_CPU[$k.$2]=${SRV_CPU[$k]}
-    SRV_SYS[$k.$2]=${SRV_SYS[$k]}
-    ORIGIN_CPU[$k.$2]=${ORIGIN_CPU[$k]}
-    PREEMPT[$k.$2]=${PREEMPT[$k]}
-    SLEEPS[$k.$2]=${SLEEPS[$k]}
-    ORIGIN_WAKE[$k.$2]=${ORIGIN_WAKE[$k]}
+    local k=$1.$2
+    LINE[$k.$3]=${LINE[$k]}
+    SRV_CPU[$k.$3]=${SRV_CPU[$k]}
+    SRV_SYS[$k.$3]=${SRV_SYS[$k]}
+    ORIGIN_CPU[$k.$3]=${ORIGIN_CPU[$k]}
+    PREEMPT[$k.$3]=${PREEMPT[$k]}
+    SLEEPS[$k.$3]=${SLEEPS[$k]}
+    ORIGIN_WAKE[$k.$3]=${ORIGIN_WAKE[$k]}
 }
+# median_round NAME MODE FIELD: the round whose FIELD (rps, p99_us) is the target's median.
 median_round() {
-    local t=$1 r
+    local t=$1 m=$2 f=$3 r
     for ((r = 1; r <= ROUNDS; r++)); do
-        echo "$(json "$t.closed.$r" rps) $r"
+        echo "$(json "$t.$m.$r" "$f") $r"
     done | sort -g | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }'
+}
+# use_round NAME MODE ROUND: that round's figures become the target's figures for MODE.
+use_round() {
+    local k=$1.$2 r=$3
+    LINE[$k]=${LINE[$k.$r]}
+    SRV_CPU[$k]=${SRV_CPU[$k.$r]}
+    SRV_SYS[$k]=${SRV_SYS[$k.$r]}
+    ORIGIN_CPU[$k]=${ORIGIN_CPU[$k.$r]}
+    PREEMPT[$k]=${PREEMPT[$k.$r]}
+    SLEEPS[$k]=${SLEEPS[$k.$r]}
+    ORIGIN_WAKE[$k]=${ORIGIN_WAKE[$k.$r]}
 }
 # median: of the numbers on stdin, one per line.
 median() {
@@ -509,18 +524,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
     [ "$ROUNDS" -gt 1 ] && say "round $round of $ROUNDS"
     for t in "${TARGETS[@]}"; do
         run "$t" closed
-        keep_round "$t" "$round"
+        keep_round "$t" closed "$round"
     done
 done
 for t in "${TARGETS[@]}"; do
-    m=$(median_round "$t")
-    LINE[$t.closed]=${LINE[$t.closed.$m]}
-    SRV_CPU[$t.closed]=${SRV_CPU[$t.closed.$m]}
-    SRV_SYS[$t.closed]=${SRV_SYS[$t.closed.$m]}
-    ORIGIN_CPU[$t.closed]=${ORIGIN_CPU[$t.closed.$m]}
-    PREEMPT[$t.closed]=${PREEMPT[$t.closed.$m]}
-    SLEEPS[$t.closed]=${SLEEPS[$t.closed.$m]}
-    ORIGIN_WAKE[$t.closed]=${ORIGIN_WAKE[$t.closed.$m]}
+    use_round "$t" closed "$(median_round "$t" closed rps)"
 done
 RATE=$(awk -v r="$(json direct.closed rps)" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d }')
 say "fixed rate: $RATE req/s (direct closed-loop throughput / $RATE_DIVISOR)"
@@ -529,7 +537,16 @@ MODERATE=$(awk -v r="$SLOWEST" -v d="$RATE_DIVISOR" 'BEGIN { printf "%d", r / d 
 say "moderate rate: $MODERATE req/s (slowest closed-loop throughput / $RATE_DIVISOR)"
 for t in "${TARGETS[@]}"; do
     run "$t" rate --rate "$RATE"
-    run "$t" moderate --rate "$MODERATE"
+done
+for ((round = 1; round <= ROUNDS; round++)); do
+    [ "$ROUNDS" -gt 1 ] && say "moderate rate, round $round of $ROUNDS"
+    for t in "${TARGETS[@]}"; do
+        run "$t" moderate --rate "$MODERATE"
+        keep_round "$t" moderate "$round"
+    done
+done
+for t in "${TARGETS[@]}"; do
+    use_round "$t" moderate "$(median_round "$t" moderate p99_us)"
 done
 
 # --- Report --------------------------------------------------------------------------------
@@ -568,8 +585,23 @@ if [ "$ROUNDS" -gt 1 ]; then
     # Each target's own figures by round: which of them moved when a ratio did.
     for t in "${TARGETS[@]}"; do
         echo "$t by round: req/s $(for ((r = 1; r <= ROUNDS; r++)); do printf '%.0f ' "$(json "$t.closed.$r" rps)"; done)," \
-            "CPU µs/request $(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${SRV_CPU[$t.closed.$r]}"; done)"
+            "CPU µs/request $(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${SRV_CPU[$t.closed.$r]}"; done)," \
+            "p99 ms at the moderate rate $(for ((r = 1; r <= ROUNDS; r++)); do awk -v p="$(json "$t.moderate.$r" p99_us)" 'BEGIN { printf "%.2f ", p / 1000 }'; done)"
     done
+fi
+# p99 - direct p99 at the moderate rate, each round's difference (direct's run came just
+# before) and their median: "by-round-diffs median" for target $1.
+moderate_p99_diffs() {
+    local t=$1 r diffs
+    diffs=$(for ((r = 1; r <= ROUNDS; r++)); do
+        awk -v a="$(json "$t.moderate.$r" p99_us)" -v b="$(json "direct.moderate.$r" p99_us)" 'BEGIN { printf "%.3f\n", (a - b) / 1000 }'
+    done)
+    echo "$(echo $diffs) $(sort -g <<<"$diffs" | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+}
+if [ "$ROUNDS" -gt 1 ]; then
+    # nginx as the reference: what a plain proxy adds to the tail in the same rounds.
+    read -r -a nd <<<"$(moderate_p99_diffs nginx)"
+    echo "nginx p99 - direct p99 by round at the moderate rate, ms: ${nd[*]:0:ROUNDS} (median ${nd[ROUNDS]})"
 fi
 for t in "${PV_TARGETS[@]}"; do
     if [ -n "${PV_UNAVAILABLE[$t]}" ]; then
@@ -591,7 +623,13 @@ for t in "${PV_TARGETS[@]}"; do
     echo "$t/nginx throughput (closed): $r1   target >= 0.80: $(verdict "$r1" 0.80 '>=')"
     echo "$t/nginx CPU per request:     $r2   target <= 1.25: $(verdict "$r2" 1.25 '<=')"
     echo "$t p99 - direct p99 at $RATE/s: $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
-    d=$(awk -v a="$(json "$t.moderate" p99_us)" -v b="$(json direct.moderate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+    if [ "$ROUNDS" -gt 1 ]; then
+        read -r -a pd <<<"$(moderate_p99_diffs "$t")"
+        d=${pd[ROUNDS]}
+        echo "$t p99 - direct p99 by round at the moderate rate, ms: ${pd[*]:0:ROUNDS} (median below)"
+    else
+        d=$(awk -v a="$(json "$t.moderate" p99_us)" -v b="$(json direct.moderate p99_us)" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
+    fi
     echo "$t p99 - direct p99 at $MODERATE/s (moderate): $d ms   target <= 1 ms: $(verdict "$d" 1 '<=')"
 done
 if [ "$STORE" = both ] && [ -n "${LINE[portvakt.closed]:-}" ] && [ -n "${LINE[portvakt-redis.closed]:-}" ]; then
@@ -600,15 +638,14 @@ fi
 echo
 echo "raw (loadgen JSON lines):"
 for t in direct nginx "${PV_TARGETS[@]}"; do
-    if [ "$ROUNDS" -gt 1 ]; then
-        for ((r = 1; r <= ROUNDS; r++)); do
-            [ -n "${LINE[$t.closed.$r]:-}" ] && echo "${LINE[$t.closed.$r]}"
-        done
-    else
-        [ -n "${LINE[$t.closed]:-}" ] && echo "${LINE[$t.closed]}"
-    fi
-    for m in rate moderate; do
-        [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
+    for m in closed rate moderate; do
+        if [ "$ROUNDS" -gt 1 ] && [ "$m" != rate ]; then
+            for ((r = 1; r <= ROUNDS; r++)); do
+                [ -n "${LINE[$t.$m.$r]:-}" ] && echo "${LINE[$t.$m.$r]}"
+            done
+        else
+            [ -n "${LINE[$t.$m]:-}" ] && echo "${LINE[$t.$m]}"
+        fi
     done
 done
 exit 0
