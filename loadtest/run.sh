@@ -586,6 +586,7 @@ if [ "$ROUNDS" -gt 1 ]; then
     for t in "${TARGETS[@]}"; do
         echo "$t by round: req/s $(for ((r = 1; r <= ROUNDS; r++)); do printf '%.0f ' "$(json "$t.closed.$r" rps)"; done)," \
             "CPU µs/request $(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${SRV_CPU[$t.closed.$r]}"; done)," \
+            "of it in the kernel $(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${SRV_SYS[$t.closed.$r]}"; done)," \
             "p99 ms at the moderate rate $(for ((r = 1; r <= ROUNDS; r++)); do awk -v p="$(json "$t.moderate.$r" p99_us)" 'BEGIN { printf "%.2f ", p / 1000 }'; done)"
     done
 fi
