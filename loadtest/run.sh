@@ -514,9 +514,9 @@ use_round() {
     SLEEPS[$k]=${SLEEPS[$k.$r]}
     ORIGIN_WAKE[$k]=${ORIGIN_WAKE[$k.$r]}
 }
-# median: of the numbers on stdin, one per line.
+# median [FORMAT]: of the numbers on stdin, one per line, printed with FORMAT (%.2f).
 median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    sort -g | awk -v f="${1:-%.2f}" '{ v[NR] = $1 } END { if (NR % 2) printf f, v[(NR + 1) / 2]; else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 say "runs: $DURATION each (closed-loop runs after a $WARMUP warm-up), $CONNECTIONS connections"
@@ -597,7 +597,7 @@ moderate_p99_diffs() {
     diffs=$(for ((r = 1; r <= ROUNDS; r++)); do
         awk -v a="$(json "$t.moderate.$r" p99_us)" -v b="$(json "direct.moderate.$r" p99_us)" 'BEGIN { printf "%.3f\n", (a - b) / 1000 }'
     done)
-    echo "$(echo $diffs) $(sort -g <<<"$diffs" | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+    echo "$(echo $diffs) $(median %.3f <<<"$diffs")"
 }
 if [ "$ROUNDS" -gt 1 ]; then
     # nginx as the reference: what a plain proxy adds to the tail in the same rounds.
