@@ -265,20 +265,16 @@ impl Browser {
             authority.parse().unwrap()
         };
         let target = &u[url::Position::BeforePath..url::Position::AfterQuery];
-        let mut req =
-            format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-        if let Some(cookies) = self.jar.get(&authority).filter(|c| !c.is_empty()) {
-            let line: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req.push_str(&format!("Cookie: {}\r\n", line.join("; ")));
-        }
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body.unwrap_or(""));
+        let cookie = self
+            .jar
+            .get(&authority)
+            .filter(|c| !c.is_empty())
+            .map(|cookies| {
+                let line: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                line.join("; ")
+            });
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("Cookie", c.as_str())).collect();
+        let req = http::request_text(method, &authority, target, &headers, body);
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();

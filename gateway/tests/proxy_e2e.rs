@@ -203,22 +203,18 @@ fn browse_via(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let mut req = format!(
-        "{} {target} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {forwarded}\r\nConnection: close\r\n",
-        if body.is_some() { "POST" } else { "GET" }
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        ));
-    } else {
-        req.push_str("\r\n");
-    }
-    http::raw_from(peer.parse().unwrap(), world().gateway, req.as_bytes())
+    let mut all = vec![("X-Forwarded-For", forwarded)];
+    all.extend_from_slice(headers);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    http::request_from(
+        peer.parse().unwrap(),
+        world().gateway,
+        method,
+        host,
+        target,
+        &all,
+        body,
+    )
 }
 
 fn login() -> String {

@@ -146,21 +146,18 @@ institutions = ["{B}"]
 
 /// A browser request through the trusted load balancer, from a patron at 203.0.113.5.
 fn browse(host: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
-    let mut req = format!(
-        "{} {target} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 203.0.113.5\r\nConnection: close\r\n",
-        if body.is_some() { "POST" } else { "GET" }
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    match body {
-        Some(b) => req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )),
-        None => req.push_str("\r\n"),
-    }
-    http::raw_from(PROXY_IP.parse().unwrap(), world().gateway, req.as_bytes())
+    let mut all = vec![("X-Forwarded-For", "203.0.113.5")];
+    all.extend_from_slice(headers);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    http::request_from(
+        PROXY_IP.parse().unwrap(),
+        world().gateway,
+        method,
+        host,
+        target,
+        &all,
+        body,
+    )
 }
 
 /// Logs in at library A; the session cookie, or the refusal's status.

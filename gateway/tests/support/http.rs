@@ -90,15 +90,15 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// A request to `host` with extra headers and an optional form body.
-pub fn request(
-    addr: SocketAddr,
+/// The text of a request to `host` with extra headers and an optional form body (sent
+/// as `application/x-www-form-urlencoded`), on a connection that closes after it.
+pub fn request_text(
     method: &str,
     host: &str,
     target: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> Reply {
+) -> String {
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -113,7 +113,39 @@ pub fn request(
     if let Some(b) = body {
         req.push_str(b);
     }
-    raw(addr, req.as_bytes())
+    req
+}
+
+/// A request to `host` with extra headers and an optional form body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    raw(
+        addr,
+        request_text(method, host, target, headers, body).as_bytes(),
+    )
+}
+
+/// Like [`request`], but from a chosen loopback source address (see [`raw_from`]).
+pub fn request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    raw_from(
+        source,
+        addr,
+        request_text(method, host, target, headers, body).as_bytes(),
+    )
 }
 
 /// The value of a hidden form field in a page.
