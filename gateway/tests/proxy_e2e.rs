@@ -191,28 +191,12 @@ path = "patrons.toml"
 /// A request as the patron's browser sends it through the load balancer (127.0.0.2,
 /// trusted), so the gateway sees the patron's address `PATRON_IP`.
 fn browse(host: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
-    browse_via(PROXY_IP, PATRON_IP, host, target, headers, body)
-}
-
-/// A request from the connection's address `peer`, saying `X-Forwarded-For: forwarded`.
-fn browse_via(
-    peer: &str,
-    forwarded: &str,
-    host: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Reply {
-    let mut all = vec![("X-Forwarded-For", forwarded)];
-    all.extend_from_slice(headers);
-    let method = if body.is_some() { "POST" } else { "GET" };
-    http::request_from(
-        peer.parse().unwrap(),
+    http::via_proxy(
+        PROXY_IP.parse().unwrap(),
         world().gateway,
-        method,
-        host,
-        target,
-        &all,
+        PATRON_IP,
+        (host, target),
+        headers,
         body,
     )
 }
@@ -444,7 +428,8 @@ fn an_on_site_service_goes_by_the_patrons_address_on_every_request() {
     let w = world();
     let session = login();
     let inside = |host: &str, target: &str, headers: &[(&str, &str)]| {
-        browse_via(PROXY_IP, ONSITE_IP, host, target, headers, None)
+        let proxy = PROXY_IP.parse().unwrap();
+        http::via_proxy(proxy, w.gateway, ONSITE_IP, (host, target), headers, None)
     };
     let go = inside(&w.host, "/go/lov?path=/", &[("Cookie", &session)]);
     assert_eq!(go.status, 303, "{}", go.body);
@@ -457,11 +442,11 @@ fn an_on_site_service_goes_by_the_patrons_address_on_every_request() {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = browse(&host, "/onsite-from-home", &[("Cookie", &cookie)], None);
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = browse_via(
-        "127.0.0.3",
+    let r = http::via_proxy(
+        "127.0.0.3".parse().unwrap(),
+        w.gateway,
         ONSITE_IP,
-        &host,
-        "/onsite-forged-forwarding",
+        (&host, "/onsite-forged-forwarding"),
         &[("Cookie", &cookie)],
         None,
     );

@@ -12,6 +12,8 @@
 mod http;
 #[path = "support/origin.rs"]
 mod origin;
+#[path = "support/privacy.rs"]
+mod privacy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ use serde_json::Value;
 const A: &str = "NO-2390700";
 const B: &str = "NO-2380100";
 const PROXY_IP: &str = "127.0.0.2";
+/// Where the patrons are, as the trusted proxy says in `X-Forwarded-For`.
+const PATRON_IP: &str = "203.0.113.5";
 /// (card, PIN, birth date): a 46-year-old, a 36-year-old and a 10-year-old of library A.
 const P1: (&str, &str, &str) = ("55501001", "1111", "1980-03-04");
 const P2: (&str, &str, &str) = ("55501002", "2222", "1990-05-06");
@@ -37,7 +41,7 @@ struct World {
     host: String,
     clock: Arc<ManualClock>,
     origin: Origin,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -139,23 +143,19 @@ institutions = ["{B}"]
         host,
         clock,
         origin,
-        _dir: dir,
+        dir,
         _rt: rt,
     }
 }
 
-/// A browser request through the trusted load balancer, from a patron at 203.0.113.5.
+/// A browser request through the trusted load balancer, from a patron at `PATRON_IP`.
 fn browse(host: &str, target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
-    let mut all = vec![("X-Forwarded-For", "203.0.113.5")];
-    all.extend_from_slice(headers);
-    let method = if body.is_some() { "POST" } else { "GET" };
-    http::request_from(
+    http::via_proxy(
         PROXY_IP.parse().unwrap(),
         world().gateway,
-        method,
-        host,
-        target,
-        &all,
+        PATRON_IP,
+        (host, target),
+        headers,
         body,
     )
 }
@@ -428,4 +428,24 @@ fn real_traffic_gives_exact_counts_in_both_apis() {
         &format!("customer_id={A}&api_key={KEY_B}&begin_date=2026-10&end_date=2026-10"),
     );
     assert_eq!(refused["Code"], 2010, "{refused}");
+
+    // Nothing personal in the usage store once it is flushed (every second): no card,
+    // PIN or birth date, and not the patrons' address, which the gateway took from the
+    // trusted proxy's X-Forwarded-For.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stored = privacy::all_bytes(&w.dir.path().join("data"));
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains(A), "the counts were stored at all");
+    let secrets: Vec<String> = [P1, P2, P3]
+        .iter()
+        .flat_map(|(card, pin, birth)| [*card, *pin, *birth].map(str::to_owned))
+        .chain([P1.2, P2.2, P3.2].map(|b| b.replace('-', "")))
+        .chain([PATRON_IP.to_owned()])
+        .collect();
+    for secret in &secrets {
+        assert!(
+            !privacy::contains_token(&text, secret),
+            "{secret} is in the usage data"
+        );
+    }
 }

@@ -11,6 +11,8 @@
 mod http;
 #[path = "support/origin.rs"]
 mod origin;
+#[path = "support/privacy.rs"]
+mod privacy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -207,19 +209,6 @@ institutions = ["{LIBRARY}"]
 }
 
 /// Every byte under `dir`, for the privacy check.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(all_bytes(&path));
-        } else {
-            out.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    out
-}
-
 /// SIGTERM at once after the gateway says it is serving (as an orchestrator stopping a
 /// replica it just started would): a clean stop every time, never the signal's default
 /// action. Before the handlers were installed ahead of the listeners this was a race that
@@ -262,7 +251,7 @@ fn counts_survive_a_clean_stop_and_a_crash() {
     g.signal("-TERM");
 
     // Nothing personal under data_dir.
-    let stored = all_bytes(&dir.path().join("data"));
+    let stored = privacy::all_bytes(&dir.path().join("data"));
     assert!(!stored.is_empty());
     let text = String::from_utf8_lossy(&stored);
     for secret in [CARD, PIN, BIRTH, "19751224", "127.0.0.1"] {

@@ -131,21 +131,22 @@ pub fn request(
     )
 }
 
-/// Like [`request`], but from a chosen loopback source address (see [`raw_from`]).
-pub fn request_from(
-    source: std::net::IpAddr,
+/// A browser's request as a load balancer at `proxy` (a loopback address: see
+/// [`raw_from`]) passes it on, saying `X-Forwarded-For: client`: a GET, or a POST of
+/// the form `body`.
+pub fn via_proxy(
+    proxy: std::net::IpAddr,
     addr: SocketAddr,
-    method: &str,
-    host: &str,
-    target: &str,
+    client: &str,
+    (host, target): (&str, &str),
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    raw_from(
-        source,
-        addr,
-        request_text(method, host, target, headers, body).as_bytes(),
-    )
+    let mut all = vec![("X-Forwarded-For", client)];
+    all.extend_from_slice(headers);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let text = request_text(method, host, target, &all, body);
+    raw_from(proxy, addr, text.as_bytes())
 }
 
 /// The value of a hidden form field in a page.
