@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gateway::config::Scheme;
-use gateway::ids::ServiceId;
 use gateway::proxy::{Forward, HostMap, Timeouts, bench, release_headers};
 use http::{HeaderMap, HeaderValue, Response};
+use policy::ids::ServiceId;
 use url::Url;
 
 fn hosts() -> Arc<HostMap> {

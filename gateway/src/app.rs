@@ -16,10 +16,10 @@ use sha2::Sha256;
 use crate::auth::library_card::PatronVerifier;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Scheme;
-use crate::policy::{self, Diagnostic, LoadError, Policy};
-use crate::pseudonym::PseudonymKey;
 use crate::store::{Clock, Store};
 use crate::telemetry::{self, Metrics};
+use policy::pseudonym::PseudonymKey;
+use policy::{self, Diagnostic, LoadError, Policy};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -241,7 +241,7 @@ impl App {
                             diagnostics: vec![Diagnostic {
                                 file: self.policy_dir.display().to_string(),
                                 position: None,
-                                severity: crate::policy::Severity::Error,
+                                severity: policy::Severity::Error,
                                 message: e,
                             }],
                         });
@@ -356,7 +356,7 @@ fn host_map(
     scheme: Scheme,
 ) -> Result<crate::proxy::HostMap, String> {
     let services = policy.services().iter().filter_map(|s| match &s.access {
-        crate::policy::Access::Proxy(p) => Some((s.id.clone(), p.origin.clone(), p.hosts.clone())),
+        policy::Access::Proxy(p) => Some((s.id.clone(), p.origin.clone(), p.hosts.clone())),
         _ => None,
     });
     crate::proxy::HostMap::new(public_host, scheme, services).map_err(|e| e.to_string())

@@ -10,10 +10,10 @@ use jiff::civil::Date;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::ids::{InstitutionId, SubjectKey};
-use crate::policy::{self, Decision, Policy, Release, release::Value};
-use crate::pseudonym::PseudonymKey;
-use crate::subject::{Affiliation, Age, Subject};
+use policy::ids::{InstitutionId, SubjectKey};
+use policy::pseudonym::PseudonymKey;
+use policy::subject::{Affiliation, Age, Subject};
+use policy::{self, Decision, Policy, Release, release::Value};
 
 /// Exit codes of `decide`.
 pub const EXIT_PERMIT: i32 = 0;

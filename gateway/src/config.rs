@@ -409,7 +409,7 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
         |v: &Option<Spanned<String>>, default: Duration, key: &str, errors: &mut Vec<String>| {
             match v {
                 None => default,
-                Some(v) => crate::policy::parse_duration(v.get_ref()).unwrap_or_else(|| {
+                Some(v) => policy::parse_duration(v.get_ref()).unwrap_or_else(|| {
                     errors.push(places.at(
                     v.span().start,
                     format!(

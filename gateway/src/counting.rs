@@ -34,13 +34,13 @@ use http_body::{Frame, SizeHint};
 use jiff::civil::Date;
 
 use crate::app::App;
-use crate::ids::InstitutionId;
-use crate::policy::{AgeBand, DenyReason, Permit};
-use crate::subject::{Affiliation, Subject};
 use crate::usage::{Counted, Event, PersonToken, RequestKind, Usage};
+use policy::ids::InstitutionId;
+use policy::subject::{Affiliation, Subject};
+use policy::{AgeBand, DenyReason, Permit};
 
 fn today(app: &App) -> Date {
-    crate::policy::oslo_today(app.clock.now())
+    policy::oslo_today(app.clock.now())
 }
 
 fn person(app: &App, subject: &Subject) -> Option<PersonToken> {
@@ -118,9 +118,9 @@ pub(crate) fn denial(
 /// proxy matches the patterns the policy took apart at load ([`PathPattern`]); this is
 /// for one-off checks.
 ///
-/// [`PathPattern`]: crate::policy::PathPattern
+/// [`PathPattern`]: policy::PathPattern
 pub fn path_matches(pattern: &str, path: &str) -> bool {
-    crate::policy::PathPattern::new(pattern).matches(path)
+    policy::PathPattern::new(pattern).matches(path)
 }
 
 /// What a proxied request is for COUNTER, by the service's patterns. Only the path is
@@ -132,7 +132,7 @@ pub enum Kind {
     Item(String),
 }
 
-pub fn kind_of(proxy: &crate::policy::ProxySettings, path_and_query: &str) -> Kind {
+pub fn kind_of(proxy: &policy::ProxySettings, path_and_query: &str) -> Kind {
     let path =
         crate::text::split_once_ascii(path_and_query, b'?').map_or(path_and_query, |(p, _)| p);
     if proxy.item_paths.iter().any(|p| p.matches(path)) {
@@ -149,7 +149,7 @@ pub fn kind_of(proxy: &crate::policy::ProxySettings, path_and_query: &str) -> Ki
 pub(crate) struct PendingRequest {
     pub usage: Arc<Usage>,
     pub institution: InstitutionId,
-    pub service: crate::ids::ServiceId,
+    pub service: policy::ids::ServiceId,
     pub affiliation: Affiliation,
     pub age_band: AgeBand,
     /// The session id: the double-click rule and uniqueness are per session.
@@ -273,7 +273,7 @@ mod tests {
     }
 
     /// The straightforward reading of the pattern rules, which the compiled
-    /// [`crate::policy::PathPattern`] must agree with.
+    /// [`policy::PathPattern`] must agree with.
     fn reference(pattern: &str, path: &str) -> bool {
         fn walk(pat: &[&str], segs: &[&str]) -> bool {
             match pat.split_first() {
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn kind_prefers_item_and_keeps_the_query_of_a_search() {
-        let proxy = crate::policy::ProxySettings {
+        let proxy = policy::ProxySettings {
             origin: url::Url::parse("http://127.0.0.1:9").unwrap(),
             hosts: Vec::new(),
             item_paths: vec!["/artikkel/*".into()],

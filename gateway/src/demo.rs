@@ -19,8 +19,7 @@ use crate::auth::library_card::sip2::codec::Encoding;
 use crate::auth::library_card::sip2::server::{DemoAcsOptions, DemoPatron, serve as serve_acs};
 use crate::auth::library_card::{FileCardBackend, build};
 use crate::config::Scheme;
-use crate::policy;
-use crate::pseudonym::PseudonymKey;
+use policy::pseudonym::PseudonymKey;
 
 /// The demo's fixed pseudonym key. Never use it for real: anyone can compute the
 /// pseudonyms it gives.
@@ -169,7 +168,7 @@ pub async fn start(
 
     // A demo vendor on each proxied service's loopback origin.
     for svc in policy.services() {
-        if let crate::policy::Access::Proxy(p) = &svc.access {
+        if let policy::Access::Proxy(p) = &svc.access {
             let addr = |u: &url::Url| -> Option<SocketAddr> {
                 let host = u.host_str()?;
                 (host == "127.0.0.1").then_some(())?;
@@ -187,11 +186,11 @@ pub async fn start(
 
     // The demo SAML and OIDC vendors, started once the signing certificate exists.
     let saml_sp = policy.services().iter().find_map(|svc| match &svc.access {
-        crate::policy::Access::Saml(s) if svc.id.as_str() == "ebok" => Some(s.clone()),
+        policy::Access::Saml(s) if svc.id.as_str() == "ebok" => Some(s.clone()),
         _ => None,
     });
     let oidc_rp = policy.services().iter().find_map(|svc| match &svc.access {
-        crate::policy::Access::Oidc(o) if svc.id.as_str() == "fagportalen" => Some(o.clone()),
+        policy::Access::Oidc(o) if svc.id.as_str() == "fagportalen" => Some(o.clone()),
         _ => None,
     });
 
@@ -199,7 +198,7 @@ pub async fn start(
     let libraries: Vec<String> = policy
         .institutions()
         .iter()
-        .filter(|i| !matches!(i.kind, crate::policy::InstitutionKind::School))
+        .filter(|i| !matches!(i.kind, policy::InstitutionKind::School))
         .map(|i| i.id.to_string())
         .collect();
     let backend = FileCardBackend {
@@ -304,8 +303,8 @@ fn loopback(u: &url::Url) -> Option<SocketAddr> {
 /// Starts the demo SAML vendor on `ebok`'s ACS origin and the demo OIDC vendor on
 /// `fagportalen`'s redirect URI origin, when the policy has them on loopback.
 async fn spawn_federated(
-    saml: Option<crate::policy::SamlSettings>,
-    oidc: Option<crate::policy::OidcSettings>,
+    saml: Option<policy::SamlSettings>,
+    oidc: Option<policy::OidcSettings>,
     gateway_url: &str,
     gateway_port: u16,
     cert_pem: &str,
@@ -349,7 +348,7 @@ async fn spawn_federated(
 
 /// The text `portvakt demo` prints.
 pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> String {
-    let today = crate::policy::oslo_today(jiff::Timestamp::now());
+    let today = policy::oslo_today(jiff::Timestamp::now());
     let mut s = String::new();
     s.push_str("Portvakt demo — alt kjører lokalt / everything runs on loopback\n\n");
     s.push_str(

@@ -5,7 +5,7 @@
 //!
 //! Data flows one way: the entry link or the vendor's request names a service, the
 //! pipeline decides, `policy::release` turns the permit into the released attributes, and
-//! the modules here turn exactly that [`crate::policy::Release`] into a signed assertion or
+//! the modules here turn exactly that [`policy::Release`] into a signed assertion or
 //! token. Nothing else about the person reaches these modules, so nothing else can leak.
 //!
 //! Choices where the spec is silent are written down in each module's docs.

@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, AppParts};
 use crate::config::{Config, StoreBackend};
-use crate::pseudonym::PseudonymKey;
 use crate::store::{Clock, SystemClock};
+use policy::pseudonym::PseudonymKey;
 
 /// `portvakt serve`.
 pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
@@ -75,7 +75,7 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
     let key = crate::keys::read_key_file(
         "pseudonym key",
         &config.pseudonym_key_file,
-        crate::pseudonym::MIN_KEY_BYTES,
+        policy::pseudonym::MIN_KEY_BYTES,
     )
     .map_err(|e| e.to_string())?;
     let pseudonym_key = PseudonymKey::new(&key).map_err(|e| e.to_string())?;
@@ -96,7 +96,7 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
             k
         }
     };
-    let (policy, warnings) = crate::policy::load_dir(&config.policy_dir).map_err(|e| {
+    let (policy, warnings) = policy::load_dir(&config.policy_dir).map_err(|e| {
         format!(
             "the policy in {} does not load; the gateway will not start on a broken policy:\n{e}",
             config.policy_dir.display()

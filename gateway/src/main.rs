@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gateway::cli;
-use gateway::subject::Affiliation;
+use policy::subject::Affiliation;
 
 /// mimalloc rather than the system allocator: a proxied request allocates and frees many
 /// small buffers (headers, the rewriter's tokens, body chunks), and glibc's malloc and free
@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
         /// The policy directory to run on.
-        #[arg(long, value_name = "DIR", default_value = "policy")]
+        #[arg(long, value_name = "DIR", default_value = "demo/policy")]
         policy: PathBuf,
     },
     /// The gateway.

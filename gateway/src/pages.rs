@@ -5,7 +5,7 @@
 use askama::Template;
 use http::HeaderMap;
 
-use crate::policy::DenyReason;
+use policy::DenyReason;
 
 /// Every fixed text of the pages, in one language.
 #[derive(Debug)]

@@ -18,12 +18,12 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::auth::library_card::CardOutcome;
 use crate::auth::throttle::LoginRefusal;
-use crate::ids::InstitutionId;
 use crate::pages::{self, LoginPage, MessagePage, ServiceLink, StartPage, Texts};
-use crate::policy::{Access, Decision, DenyReason, Policy};
 use crate::session::{LoginMethod, SessionData, SessionId};
-use crate::subject::{Affiliation, Subject, card_subject_key};
 use crate::telemetry::{self, log_ip};
+use policy::ids::InstitutionId;
+use policy::subject::{Affiliation, Subject, card_subject_key};
+use policy::{Access, Decision, DenyReason, Policy};
 
 /// The peer address of the connection, put in each request's extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -215,9 +215,7 @@ fn usable_services(policy: &Policy, subject: &Subject, ip: IpAddr) -> Vec<Servic
     let mut list: Vec<ServiceLink> = policy
         .services()
         .iter()
-        .filter(|s| {
-            crate::policy::decide(policy, subject, s.id.as_str(), Some(ip), now).is_permit()
-        })
+        .filter(|s| policy::decide(policy, subject, s.id.as_str(), Some(ip), now).is_permit())
         .map(|s| ServiceLink {
             id: s.id.to_string(),
             name: s.name.clone(),
@@ -787,8 +785,7 @@ async fn go(
                 .filter(|i| i.walk_in)
                 .is_some();
             if walk_in_site {
-                let d =
-                    crate::policy::decide(&policy, &Subject::walk_in(), &service, Some(ip), now);
+                let d = policy::decide(&policy, &Subject::walk_in(), &service, Some(ip), now);
                 match d {
                     Decision::Permit(_) => Subject::walk_in(),
                     Decision::Deny(
@@ -821,7 +818,7 @@ async fn go(
         }
     };
 
-    let decision = crate::policy::decide(&policy, &subject, &service, Some(ip), now);
+    let decision = policy::decide(&policy, &subject, &service, Some(ip), now);
     let home = subject
         .institutions
         .first()
@@ -921,7 +918,7 @@ async fn proxy_entry(
                 return unavailable();
             };
             let walk_in = Subject {
-                key: crate::ids::SubjectKey::new(format!("walk-in:{}", random.expose())),
+                key: policy::ids::SubjectKey::new(format!("walk-in:{}", random.expose())),
                 ..subject.clone()
             };
             let Ok(data) = SessionData::new(&walk_in, LoginMethod::Card, now) else {
@@ -977,7 +974,7 @@ async fn proxy_entry(
 }
 
 /// A permitted access, for the metrics and the usage counters.
-pub(crate) fn count_access(app: &App, permit: &crate::policy::Permit, subject: &Subject) {
+pub(crate) fn count_access(app: &App, permit: &policy::Permit, subject: &Subject) {
     crate::counting::access(app, permit, subject);
     app.metrics.inc(
         telemetry::DECISIONS,

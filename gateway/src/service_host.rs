@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::pages;
 use crate::pipeline;
-use crate::policy::{Decision, DenyReason, Rate};
 use crate::session::{SessionId, Ticket, TicketKind};
+use policy::{Decision, DenyReason, Rate};
 
 /// The entry path on every service host; never forwarded to a vendor.
 pub const ENTER_PATH: &str = "/__portvakt/enter";
@@ -225,8 +225,8 @@ pub struct ReleaseCache {
 
 struct ReleaseEntry {
     /// Compared by address; the `Weak` keeps the address from being reused by a new policy.
-    policy: std::sync::Weak<crate::policy::Policy>,
-    service: crate::ids::ServiceId,
+    policy: std::sync::Weak<policy::Policy>,
+    service: policy::ids::ServiceId,
     institution: u32,
     day: jiff::civil::Date,
     headers: Arc<[(http::HeaderName, HeaderValue)]>,
@@ -244,14 +244,14 @@ impl ReleaseCache {
     fn get_or_insert(
         &self,
         session: &str,
-        policy: &Arc<crate::policy::Policy>,
-        permit: &crate::policy::Permit,
+        policy: &Arc<policy::Policy>,
+        permit: &policy::Permit,
         make: impl FnOnce() -> Vec<(http::HeaderName, HeaderValue)>,
     ) -> Arc<[(http::HeaderName, HeaderValue)]> {
         let matches = |e: &ReleaseEntry| {
             std::ptr::eq(e.policy.as_ptr(), Arc::as_ptr(policy))
                 && e.service == permit.service
-                && e.institution == permit.inst_idx
+                && e.institution == permit.institution_index()
                 && e.day == permit.day
         };
         if let Ok(map) = self.by_session.lock()
@@ -272,7 +272,7 @@ impl ReleaseCache {
             entries.push(ReleaseEntry {
                 policy: Arc::downgrade(policy),
                 service: permit.service.clone(),
-                institution: permit.inst_idx,
+                institution: permit.institution_index(),
                 day: permit.day,
                 headers: Arc::clone(&headers),
             });
@@ -339,8 +339,7 @@ pub async fn handle(
     };
     let subject = data.subject_ref();
     let ip = app.client_ip(peer.ip(), headers);
-    let decision =
-        crate::policy::decide(&policy, subject, service, Some(ip), jiff::Timestamp::now());
+    let decision = policy::decide(&policy, subject, service, Some(ip), jiff::Timestamp::now());
     let permit = match decision {
         Decision::Permit(p) => p,
         Decision::Deny(reason) => {
@@ -375,8 +374,7 @@ pub async fn handle(
     let release = app
         .release_cache
         .get_or_insert(session, &policy, &permit, || {
-            let released =
-                crate::policy::release(&policy, &permit, subject, Some(&app.pseudonym_key));
+            let released = policy::release(&policy, &permit, subject, Some(&app.pseudonym_key));
             let attributes: Vec<(String, String)> = released
                 .attributes
                 .iter()
@@ -396,7 +394,7 @@ pub async fn handle(
     let kind = crate::counting::kind_of(proxy, path_and_query);
     let pending = crate::counting::PendingRequest {
         usage: app.usage.clone(),
-        age_band: crate::policy::AgeBand::of(subject.age, permit.day),
+        age_band: policy::AgeBand::of(subject.age, permit.day),
         institution: permit.institution,
         service: svc.id.clone(),
         affiliation: subject.affiliation,
@@ -499,9 +497,9 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
-    use crate::ids::{InstitutionId, SubjectKey};
-    use crate::policy::{Permit, Policy};
-    use crate::subject::{Affiliation, Age, Subject};
+    use policy::ids::{InstitutionId, SubjectKey};
+    use policy::subject::{Affiliation, Age, Subject};
+    use policy::{Permit, Policy};
 
     #[test]
     fn a_verified_cookie_holds_only_for_its_label_and_the_cache_is_bounded() {
@@ -555,7 +553,7 @@ from = 2020-01-01
 "#;
 
     fn policy() -> Arc<Policy> {
-        let (p, _) = crate::policy::load_files(vec![("p.toml".into(), POLICY.into())]).unwrap();
+        let (p, _) = policy::load_files(vec![("p.toml".into(), POLICY.into())]).unwrap();
         Arc::new(p)
     }
 
@@ -567,7 +565,7 @@ from = 2020-01-01
             age: Age::Unknown,
         };
         let now: Timestamp = at.parse().unwrap();
-        match crate::policy::decide(policy, &subject, "avis", None, now) {
+        match policy::decide(policy, &subject, "avis", None, now) {
             Decision::Permit(p) => p,
             other => panic!("expected a permit, got {other:?}"),
         }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::{InstitutionId, SubjectKey};
-use crate::subject::{Affiliation, Age, Subject};
+use policy::ids::{InstitutionId, SubjectKey};
+use policy::subject::{Affiliation, Age, Subject};
 
 /// Random bytes in an id, a ticket or a CSRF token.
 pub const TOKEN_BYTES: usize = 32;
@@ -300,7 +300,7 @@ impl fmt::Debug for SessionData {
 mod affiliation_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::subject::Affiliation;
+    use policy::subject::Affiliation;
 
     pub fn serialize<S: Serializer>(a: &Affiliation, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(a.as_str())
@@ -318,7 +318,7 @@ mod age_serde {
     use jiff::civil::Date;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::subject::Age;
+    use policy::subject::Age;
 
     #[derive(Serialize, Deserialize)]
     #[serde(tag = "kind", content = "value", rename_all = "snake_case")]

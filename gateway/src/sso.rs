@@ -23,9 +23,9 @@ use crate::app::App;
 use crate::federation::oidc::{AuthorizeError, AuthorizeParams, OidcEndpoints, OidcError};
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
-use crate::policy::{Access, Decision, Policy};
 use crate::session::{Ticket, TicketKind};
-use crate::subject::Subject;
+use policy::subject::Subject;
+use policy::{Access, Decision, Policy};
 
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new()
@@ -54,7 +54,7 @@ pub(crate) fn entry(
     app: &App,
     t: &'static Texts,
     policy: &Policy,
-    permit: &crate::policy::Permit,
+    permit: &policy::Permit,
     subject: &Subject,
     authn_instant: Timestamp,
 ) -> Response {
@@ -67,7 +67,7 @@ pub(crate) fn entry(
             let Some(idp) = &app.idp else {
                 return not_configured(t);
             };
-            let release = crate::policy::release(policy, permit, subject, Some(&app.pseudonym_key));
+            let release = policy::release(policy, permit, subject, Some(&app.pseudonym_key));
             match idp.unsolicited_response(sp, &release, authn_instant, app.clock.now()) {
                 Ok(post) => post.into_response(),
                 Err(e) => {
@@ -270,7 +270,7 @@ fn respond_saml(
 ) -> Response {
     let ip = app.client_ip(peer.0.ip(), headers);
     let service = request.service.as_str();
-    match crate::policy::decide(policy, subject, service, Some(ip), jiff::Timestamp::now()) {
+    match policy::decide(policy, subject, service, Some(ip), jiff::Timestamp::now()) {
         Decision::Deny(reason) => {
             let credited = pipeline::credited(policy, ip, subject);
             pipeline::deny(app, t, headers, service, &credited, Some(subject), reason)
@@ -283,8 +283,7 @@ fn respond_saml(
             let Access::Saml(sp) = &svc.access else {
                 return saml_error(t, StatusCode::BAD_REQUEST);
             };
-            let release =
-                crate::policy::release(policy, &permit, subject, Some(&app.pseudonym_key));
+            let release = policy::release(policy, &permit, subject, Some(&app.pseudonym_key));
             match idp.response_to(request, sp, &release, instant, app.clock.now()) {
                 Ok(post) => post.into_response(),
                 Err(e) => {
@@ -330,7 +329,7 @@ async fn oidc_authorize(
         };
     let ip = app.client_ip(peer.0.ip(), &headers);
     let service = request.service.as_str();
-    match crate::policy::decide(&policy, &subject, service, Some(ip), jiff::Timestamp::now()) {
+    match policy::decide(&policy, &subject, service, Some(ip), jiff::Timestamp::now()) {
         Decision::Deny(reason) => {
             let credited = pipeline::credited(&policy, ip, &subject);
             // Counted like any denial; the client learns access_denied, the patron's
@@ -351,8 +350,7 @@ async fn oidc_authorize(
         }
         Decision::Permit(permit) => {
             pipeline::count_access(&app, &permit, &subject);
-            let release =
-                crate::policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
+            let release = policy::release(&policy, &permit, &subject, Some(&app.pseudonym_key));
             match provider
                 .issue_code(
                     app.store.as_ref(),

@@ -90,9 +90,9 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use sha2::Sha256;
 
-use crate::policy::{AgeBand, DenyReason};
 use crate::store::Clock;
-use crate::subject::Affiliation;
+use policy::subject::Affiliation;
+use policy::{AgeBand, DenyReason};
 
 pub use api::{render_csv, render_json, router};
 pub use config::{ConfigProblem, FileStatistician, Statistician, Statisticians};
@@ -347,7 +347,7 @@ impl Usage {
     }
 
     /// The token that stands for a person in usage counting.
-    pub fn person(&self, subject: &crate::ids::SubjectKey) -> PersonToken {
+    pub fn person(&self, subject: &policy::ids::SubjectKey) -> PersonToken {
         let mut mac = self.person_key.clone();
         mac.update(b"portvakt-usage-person\0");
         mac.update(subject.expose().as_bytes());
@@ -646,8 +646,8 @@ impl Usage {
 
 impl DayCache {
     fn at(now: Timestamp) -> Self {
-        let day = crate::policy::oslo_today(now);
-        let tz = crate::policy::oslo();
+        let day = policy::oslo_today(now);
+        let tz = policy::oslo();
         let midnight = |d: Date| tz.to_timestamp(d.to_datetime(jiff::civil::Time::midnight()));
         // Should the zone database fail, an empty span sends every call back here.
         let start = midnight(day).unwrap_or(now);

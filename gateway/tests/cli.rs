@@ -15,7 +15,7 @@ fn portvakt(args: &[&str]) -> Output {
 }
 
 fn demo_policy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy")
 }
 
 fn text(b: &[u8]) -> String {

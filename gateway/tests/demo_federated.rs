@@ -14,10 +14,10 @@ use gateway::demo::federated::{
     OidcVendor, SamlVendor, oidc_router, saml_router, verify_saml_response,
 };
 use gateway::federation::saml::{ATTR_PAIRWISE_ID, Idp};
-use gateway::policy::Access;
-use gateway::subject::Affiliation;
 use http_body_util::BodyExt;
 use jiff::Timestamp;
+use policy::Access;
+use policy::subject::Affiliation;
 use tower::ServiceExt;
 
 async fn body_text(resp: axum::response::Response) -> String {

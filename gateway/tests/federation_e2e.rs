@@ -40,7 +40,7 @@ fn world() -> &'static World {
             format!("[[patron]]\ncard = \"{CARD}\"\npin = \"{PIN}\"\nbirth_date = 1990-06-01\nhome_library = \"NO-2390700\"\n"),
         )
         .unwrap();
-        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy");
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy");
         let config = format!(
             r#"
 [server]

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use gateway::app::{App, AppParts};
 use gateway::auth::feide::{FeideClient, FeideSettings};
 use gateway::config::Scheme;
-use gateway::ids::InstitutionId;
-use gateway::pseudonym::PseudonymKey;
 use gateway::session::{LoginMethod, SessionData, SessionId};
 use gateway::store::{Clock, SystemClock};
-use gateway::subject::{Affiliation, Age};
 use http::Reply;
 use jiff::civil::date;
+use policy::ids::InstitutionId;
+use policy::pseudonym::PseudonymKey;
+use policy::subject::{Affiliation, Age};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
@@ -181,8 +181,8 @@ async fn gateway_with(feide: Option<FeideSettings>) -> Gateway {
         .with_env_filter("debug")
         .with_writer(|| LogWriter)
         .try_init();
-    let policy_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy");
-    let (policy, _) = gateway::policy::load_dir(&policy_dir).unwrap();
+    let policy_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy");
+    let (policy, _) = policy::load_dir(&policy_dir).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dir = tempfile::tempdir().unwrap();
     let feide = feide.map(|mut s| {

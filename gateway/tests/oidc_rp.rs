@@ -23,10 +23,8 @@ use gateway::federation::oidc::{
     AuthorizeError, AuthorizeParams, OidcEndpoints, Provider, TokenResponse, routes,
 };
 use gateway::federation::{SigningKey, previous_jwk};
-use gateway::policy::{Decision, decide, release};
 use gateway::store::memory::MemoryStore;
 use gateway::store::{ManualClock, Store};
-use gateway::subject::{Affiliation, Subject};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -39,13 +37,15 @@ use openidconnect::{
     AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
     OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, TokenResponse as _,
 };
+use policy::subject::{Affiliation, Subject};
+use policy::{Decision, decide, release};
 use serde_json::Value;
 
 const SECRET: &str = "fag-secret";
 
 struct TestState {
     endpoints: OidcEndpoints,
-    policy: Arc<gateway::policy::Policy>,
+    policy: Arc<policy::Policy>,
     fixture: Fixture,
     subject: Subject,
 }

@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use gateway::ids::SubjectKey;
-use gateway::pseudonym::PseudonymKey;
 use http::{Reply, form, hidden, request};
 use origin::Origin;
+use policy::ids::SubjectKey;
+use policy::pseudonym::PseudonymKey;
 
 const CARD: &str = "55501234";
 const PIN: &str = "2468";

@@ -15,7 +15,6 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use gateway::config::Scheme;
-use gateway::ids::ServiceId;
 use gateway::proxy::{
     Forward, HostMap, ProxyError, Timeouts, UpstreamSettings, Upstreams, forward,
 };
@@ -23,6 +22,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use origin::{BIG_CHUNK, BIG_CHUNKS, Origin};
+use policy::ids::ServiceId;
 use tokio::sync::mpsc;
 use url::Url;
 

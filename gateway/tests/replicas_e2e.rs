@@ -391,7 +391,7 @@ const STATS_KEY: &str = "statistiker-sandefjord";
 
 /// Today's counts in the native API of one replica: (service, metric) → value.
 fn usage_counts(r: &Replica) -> std::collections::BTreeMap<(String, String), u64> {
-    let day = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let day = policy::oslo_today(jiff::Timestamp::now());
     let target =
         format!("/api/v1/usage?from={day}&to={day}&metric=logins,accesses,requests,unique_users");
     let auth = format!("Bearer {STATS_KEY}");
@@ -481,7 +481,7 @@ fn a_replica_stopped_while_redis_is_away_leaves_its_counts_to_the_next_start() {
     within(Duration::from_secs(5), "counts buffered", || {
         first.metric("portvakt_usage_buffered_cells") > 0.0
     });
-    let day = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let day = policy::oslo_today(jiff::Timestamp::now());
     let auth = format!("Bearer {STATS_KEY}");
     let down = first.get(
         HOST,

@@ -18,9 +18,9 @@ use gateway::federation::saml::{
     ATTR_PAIRWISE_ID, ATTR_PORTVAKT_PREFIX, ATTR_SCOPED_AFFILIATION, Idp, NAMEID_PERSISTENT,
     NAMEID_TRANSIENT, PostBinding, SamlError, post_form_csp,
 };
-use gateway::policy::{Access, SamlSettings};
-use gateway::subject::Affiliation;
 use jiff::Timestamp;
+use policy::subject::Affiliation;
+use policy::{Access, SamlSettings};
 use serde_json::Value;
 
 const ENTITY: &str = "http://127.0.0.1:9/saml/metadata";

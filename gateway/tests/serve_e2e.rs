@@ -51,7 +51,7 @@ impl Drop for Gateway {
 }
 
 fn birth(years: i64) -> String {
-    let today = gateway::policy::oslo_today(jiff::Timestamp::now());
+    let today = policy::oslo_today(jiff::Timestamp::now());
     let d = today
         .checked_sub(years.years())
         .unwrap()
@@ -101,7 +101,7 @@ fn start_gateway() -> Gateway {
     let peer = sip2_peer::start_sip2_peer(&patrons, &[]);
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy"),
         &dir.path().join("policy"),
     );
     std::fs::write(dir.path().join("pseudonym.key"), [7u8; 32]).unwrap();

@@ -17,8 +17,8 @@ use gateway::auth::library_card::sip2::{
 use gateway::auth::library_card::{
     CardOutcome, FileCardBackend, PatronVerifier, Sip2Verifier, build,
 };
-use gateway::ids::InstitutionId;
 use jiff::civil::date;
+use policy::ids::InstitutionId;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::TcpListener;

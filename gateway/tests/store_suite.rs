@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use gateway::auth::throttle::shared::SharedThrottle;
 use gateway::auth::throttle::{Throttle, ThrottleError, ThrottleSettings};
-use gateway::ids::{InstitutionId, SubjectKey};
 use gateway::session::{LoginMethod, SessionData, SessionId, Ticket, TicketKind};
 use gateway::store::cache::CachedStore;
 use gateway::store::memory::MemoryStore;
 use gateway::store::redis::{RedisConn, RedisStore, SharedRate};
 use gateway::store::{Clock, ManualClock, Store, StoreError, deadline};
-use gateway::subject::{Affiliation, Age, Subject};
 use jiff::Timestamp;
+use policy::ids::{InstitutionId, SubjectKey};
+use policy::subject::{Affiliation, Age, Subject};
 use redis_server::RedisServer;
 
 const MIN: Duration = Duration::from_secs(60);

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gateway::app::{App, AppParts};
 use gateway::config::Scheme;
-use gateway::pseudonym::PseudonymKey;
 use gateway::store::{Clock, SystemClock};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use policy::pseudonym::PseudonymKey;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,8 +25,7 @@ struct Started {
 
 async fn start(tls: bool) -> Started {
     let (policy, _) =
-        gateway::policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"))
-            .unwrap();
+        policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy")).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = App::new(AppParts {
         usage: gateway::usage::Usage::open(
@@ -40,7 +39,7 @@ async fn start(tls: bool) -> Started {
         k_anonymity: 5,
         signing: None,
         policy,
-        policy_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"),
+        policy_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy"),
         store: gateway::launch::memory_store(&clock),
         clock,
         verifiers: HashMap::new(),

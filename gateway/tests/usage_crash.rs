@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gateway::policy::AgeBand;
 use gateway::store::{Clock, SystemClock};
-use gateway::subject::Affiliation;
 use gateway::usage::{Counted, Event, Metric, Period, Query, RequestKind, Usage};
+use policy::AgeBand;
+use policy::subject::Affiliation;
 
 const DIR_VAR: &str = "PORTVAKT_USAGE_CHILD_DIR";
 const KEY: &[u8] = b"usage-crash-test-key-0123456789abcdef";
@@ -124,7 +124,7 @@ impl Child {
 
 fn persisted(dir: &Path) -> u64 {
     let clock = Arc::new(SystemClock);
-    let today = gateway::policy::oslo_today(clock.now());
+    let today = policy::oslo_today(clock.now());
     let usage = Usage::open(Some(dir), FLUSH, clock, KEY).expect("reopens");
     let q = Query {
         from: today.yesterday().expect("day"),

@@ -22,15 +22,15 @@ use jiff::civil::Date;
 use redis_server::RedisServer;
 use tower::ServiceExt;
 
-use gateway::ids::SubjectKey;
-use gateway::policy::AgeBand;
 use gateway::store::redis::RedisConn;
 use gateway::store::{Clock, SystemClock};
-use gateway::subject::Affiliation;
 use gateway::usage::{
     Counted, Event, FileStatistician, Metric, Period, PersonToken, Query, RequestKind,
     SharedOptions, Statisticians, Usage, UsageError,
 };
+use policy::AgeBand;
+use policy::ids::SubjectKey;
+use policy::subject::Affiliation;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const LIB: &str = "NO-2390700";
@@ -49,7 +49,7 @@ fn open(redis: &RedisServer, dir: Option<&Path>, opts: SharedOptions) -> Arc<Usa
 }
 
 fn today() -> Date {
-    gateway::policy::oslo_today(SystemClock.now())
+    policy::oslo_today(SystemClock.now())
 }
 
 fn who(svc: &str, person: Option<PersonToken>) -> Counted<'_> {
@@ -137,7 +137,7 @@ async fn two_replicas_add_up_exactly_and_a_resent_batch_counts_once() {
     a.record(Event::Login(who("avis", None)));
     b.record(Event::Denial {
         who: who("ebok", None),
-        reason: gateway::policy::DenyReason::AgeBelowMin,
+        reason: policy::DenyReason::AgeBelowMin,
     });
     a.flush_async().await.expect("a flushes");
     b.flush_async().await.expect("b flushes");
@@ -253,12 +253,8 @@ async fn call(router: &axum::Router, uri: &str, bearer: Option<&str>) -> (u16, S
 async fn redis_away_buffers_the_counts_sends_them_exactly_once_and_exports_refuse_meanwhile() {
     let mut redis = RedisServer::start();
     let u = open(&redis, None, SharedOptions::default());
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy");
-    let policy = Arc::new(
-        gateway::policy::load_dir(Path::new(dir))
-            .expect("demo policy")
-            .0,
-    );
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/policy");
+    let policy = Arc::new(policy::load_dir(Path::new(dir)).expect("demo policy").0);
     let router = gateway::usage::router(u.clone(), move || policy.clone(), statisticians(), 5);
     let d = today();
     let api = format!("/api/v1/usage?from={d}&to={d}&metric=requests&service=avis");

@@ -135,7 +135,7 @@ impl Served {
 
     /// Today's (logins, accesses, item_requests) for the library.
     fn counts(&self) -> (u64, u64, u64) {
-        let today = gateway::policy::oslo_today(jiff::Timestamp::now());
+        let today = policy::oslo_today(jiff::Timestamp::now());
         let r = request(
             self.public,
             "GET",

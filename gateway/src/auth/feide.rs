@@ -87,13 +87,13 @@ use toml::Spanned;
 
 use self::http::{FeideHttp, HttpError};
 use crate::app::App;
-use crate::ids::{InstitutionId, SubjectKey};
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
-use crate::policy::Policy;
 use crate::session::{LoginMethod, Ticket, TicketKind};
-use crate::subject::{Affiliation, Age, Subject};
 use crate::telemetry::{self, log_ip};
+use policy::Policy;
+use policy::ids::{InstitutionId, SubjectKey};
+use policy::subject::{Affiliation, Age, Subject};
 
 /// Where the login starts (the button on the login page links here).
 pub const START_PATH: &str = "/auth/feide/start";

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ids::InstitutionId;
-use crate::subject::Age;
+use policy::ids::InstitutionId;
+use policy::subject::Age;
 
 /// The future [`PatronVerifier::verify`] returns, boxed so the trait stays dyn-compatible.
 pub type VerifyFuture<'a> =

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::subject::normalize_card;
+use policy::subject::normalize_card;
 
 pub mod shared;
 

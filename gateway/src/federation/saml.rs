@@ -65,9 +65,9 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::{SigningKey, random_id};
-use crate::ids::ServiceId;
-use crate::policy::release::Value;
-use crate::policy::{Access, Attribute, Policy, Release, SamlSettings};
+use policy::ids::ServiceId;
+use policy::release::Value;
+use policy::{Access, Attribute, Policy, Release, SamlSettings};
 
 /// How long an assertion is good for: the spec's upper bound.
 pub const ASSERTION_LIFETIME: SignedDuration = SignedDuration::from_secs(300);

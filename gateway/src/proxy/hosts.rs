@@ -11,7 +11,7 @@ use std::sync::Arc;
 use url::{Origin, Position, Url};
 
 use crate::config::Scheme;
-use crate::ids::ServiceId;
+use policy::ids::ServiceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostMapError {

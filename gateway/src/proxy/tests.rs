@@ -12,7 +12,7 @@ use super::hosts::{HostKind, HostMap, HostMapError};
 use super::html::{oracle, rewrite_body, rewrite_css_urls, rewrite_srcset};
 use super::{Forward, ProxyError, Timeouts, release_header_name, upstream_uri};
 use crate::config::Scheme;
-use crate::ids::ServiceId;
+use policy::ids::ServiceId;
 
 fn url(s: &str) -> Url {
     Url::parse(s).unwrap()

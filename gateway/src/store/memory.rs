@@ -284,10 +284,10 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{InstitutionId, SubjectKey};
     use crate::session::LoginMethod;
     use crate::store::ManualClock;
-    use crate::subject::{Affiliation, Age, Subject};
+    use policy::ids::{InstitutionId, SubjectKey};
+    use policy::subject::{Affiliation, Age, Subject};
 
     const MIN: Duration = Duration::from_secs(60);
 

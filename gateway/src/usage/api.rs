@@ -18,7 +18,7 @@ use jiff::civil::Date;
 use super::counters::{self, ALL, Metric};
 use super::query::{Period, Query, Rows};
 use super::{Statistician, Statisticians, Usage, UsageError};
-use crate::policy::{DenyReason, Policy};
+use policy::{DenyReason, Policy};
 
 /// What the handlers share.
 pub(crate) struct ApiState {

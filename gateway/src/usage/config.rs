@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::policy::Policy;
+use policy::Policy;
 
 /// One `[[statistician]]` table as written.
 #[derive(Clone, Debug, Deserialize)]

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use jiff::civil::Date;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
-use crate::policy::{AgeBand, DenyReason};
-use crate::subject::Affiliation;
+use policy::subject::Affiliation;
+use policy::{AgeBand, DenyReason};
 
 /// The metrics of interfaces.md, in their contract names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

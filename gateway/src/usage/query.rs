@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::UsageError;
 use super::counters::{self, ALL, Archive, Metric, NO_REASON, Names, Table};
-use crate::policy::DenyReason;
+use policy::DenyReason;
 
 /// How counts are grouped in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -299,7 +299,7 @@ fn salt_expiry(p: PeriodKey) -> Timestamp {
         PeriodKey::Day(d) => d.tomorrow().ok(),
         PeriodKey::Month(m) => m.last_of_month().tomorrow().ok(),
     };
-    let tz = crate::policy::oslo();
+    let tz = policy::oslo();
     next.and_then(|d| {
         tz.to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
             .ok()
@@ -904,8 +904,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::AgeBand;
-    use crate::subject::Affiliation;
+    use policy::AgeBand;
+    use policy::subject::Affiliation;
 
     #[test]
     fn fields_name_cells_the_same_on_every_replica() {

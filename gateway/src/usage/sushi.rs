@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use super::api::ApiState;
 use super::counters::Metric;
 use super::query::{Period, Query};
-use crate::policy::Policy;
+use policy::Policy;
 
 /// The platform's name in reports.
 pub const PLATFORM: &str = "Portvakt";
@@ -217,7 +217,7 @@ async fn reports(
     if let Err(r) = customer(&state, &p, &policy) {
         return r.into_response();
     }
-    let today = crate::policy::oslo_today(state.usage.clock().now());
+    let today = policy::oslo_today(state.usage.clock().now());
     let last = today
         .first_of_month()
         .yesterday()
@@ -416,7 +416,7 @@ async fn report(state: State<Arc<ApiState>>, p: QueryParams<Params>, kind: Kind)
     if begin > end {
         return fail(3020, "end_date is before begin_date");
     }
-    let today = crate::policy::oslo_today(state.usage.clock().now());
+    let today = policy::oslo_today(state.usage.clock().now());
     let this_month = today.first_of_month();
     if begin >= this_month {
         return fail(

@@ -17,14 +17,14 @@ use super::counters::ALL;
 use super::distinct::Sketch;
 use super::query::{Period, Query, Row, suppress};
 use super::*;
-use crate::policy::{AgeBand, DenyReason, Policy};
 use crate::store::ManualClock;
-use crate::subject::Affiliation;
+use policy::subject::Affiliation;
+use policy::{AgeBand, DenyReason, Policy};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn at(d: Date, h: i8, m: i8, s: i8) -> Timestamp {
-    crate::policy::oslo()
+    policy::oslo()
         .to_timestamp(d.at(h, m, s, 0))
         .expect("a valid Oslo time")
 }
@@ -87,7 +87,7 @@ fn value(u: &Usage, q: &Query, inst: &str, svc: &str, metric: &str) -> Option<u6
 fn every_event_counts_its_metrics_on_the_oslo_day() {
     let d = date(2026, 5, 4);
     let (u, clock) = setup(None, at(d, 10, 0, 0));
-    let p = u.person(&crate::ids::SubjectKey::new("card:NO-2390700:1"));
+    let p = u.person(&policy::ids::SubjectKey::new("card:NO-2390700:1"));
     u.record(Event::Login(Counted {
         person: Some(p),
         ..who("NO-2390700", "ebok")
@@ -195,7 +195,11 @@ fn double_clicks_within_30_seconds_count_once_and_unique_items_once_a_session() 
 fn distinct_persons_per_day_and_month_and_the_day_sketch_closes() {
     let d1 = date(2026, 5, 4);
     let (u, clock) = setup(None, at(d1, 9, 0, 0));
-    let person = |n: u32| u.person(&crate::ids::SubjectKey::new(format!("card:NO-2390700:{n}")));
+    let person = |n: u32| {
+        u.person(&policy::ids::SubjectKey::new(format!(
+            "card:NO-2390700:{n}"
+        )))
+    };
     for n in [1, 2, 3, 1, 2] {
         u.record(Event::Access(Counted {
             person: Some(person(n)),
@@ -263,7 +267,7 @@ fn counts_and_sketches_survive_a_restart() {
     let t = at(d, 12, 0, 0);
     let p = {
         let (u, _) = setup(Some(dir.path()), t);
-        let p = u.person(&crate::ids::SubjectKey::new("feide:ola@example.no"));
+        let p = u.person(&policy::ids::SubjectKey::new("feide:ola@example.no"));
         u.record(Event::Access(Counted {
             person: Some(p),
             ..who("NO-2390700", "ebok")
@@ -414,9 +418,9 @@ fn statistician_config_is_checked_whole() {
 // ---- HTTP: the native API and SUSHI ----
 
 fn demo_policy() -> Arc<Policy> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/policy");
     Arc::new(
-        crate::policy::load_dir(Path::new(dir))
+        policy::load_dir(Path::new(dir))
             .expect("demo policy loads")
             .0,
     )
@@ -459,7 +463,7 @@ fn with_traffic() -> (Arc<Usage>, axum::Router) {
             ..who("NO-2390700", "avis")
         };
         for n in 0..(3 + 4 * i) {
-            let p = u.person(&crate::ids::SubjectKey::new(format!("p{i}-{n}")));
+            let p = u.person(&policy::ids::SubjectKey::new(format!("p{i}-{n}")));
             u.record(Event::Access(Counted {
                 person: Some(p),
                 ..base

@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use gateway::federation::SigningKey;
-use gateway::ids::InstitutionId;
-use gateway::policy::{Decision, Policy, Release, decide, release};
-use gateway::pseudonym::PseudonymKey;
-use gateway::subject::{Affiliation, Age, Subject, card_subject_key};
 use jiff::Timestamp;
+use policy::ids::InstitutionId;
+use policy::pseudonym::PseudonymKey;
+use policy::subject::{Affiliation, Age, Subject, card_subject_key};
+use policy::{Decision, Policy, Release, decide, release};
 
 /// The patron's card number: it must never appear in anything a vendor receives.
 pub const CARD: &str = "40012345";
@@ -134,7 +134,7 @@ from = 2020-01-01
 "#
     );
     std::fs::write(policy_dir.join("policy.toml"), policy).unwrap();
-    let (policy, _) = gateway::policy::load_dir(&policy_dir).unwrap_or_else(|e| panic!("{e}"));
+    let (policy, _) = policy::load_dir(&policy_dir).unwrap_or_else(|e| panic!("{e}"));
     let policy = std::sync::Arc::new(policy);
     Fixture {
         policy,

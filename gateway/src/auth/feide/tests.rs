@@ -10,7 +10,7 @@ fn claims(v: serde_json::Value) -> FeideClaims {
 }
 
 fn demo_policy() -> Policy {
-    crate::policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy"))
+    policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy"))
         .unwrap()
         .0
 }

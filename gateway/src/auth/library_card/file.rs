@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{CardOutcome, FileCardBackend, PatronInfo, PatronVerifier, VerifyFuture};
-use crate::ids::InstitutionId;
-use crate::subject::{Age, normalize_card};
+use policy::ids::InstitutionId;
+use policy::subject::{Age, normalize_card};
 
 /// What is wrong with a patron list.
 #[derive(Debug, thiserror::Error)]

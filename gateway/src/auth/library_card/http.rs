@@ -31,8 +31,8 @@ use super::{
     CardOutcome, FileCardBackend, PatronInfo, PatronVerifier, VerifyError, VerifyFuture,
     read_secret,
 };
-use crate::ids::InstitutionId;
-use crate::subject::Age;
+use policy::ids::InstitutionId;
+use policy::subject::Age;
 
 /// The largest answer we read; a patron record is far smaller.
 const MAX_BODY: usize = 64 * 1024;
@@ -210,8 +210,7 @@ fn outcome(body: &[u8]) -> Result<CardOutcome, VerifyError> {
     let age = match answer.birth_date.as_deref().map(str::trim) {
         None | Some("") => Age::Unknown,
         Some(s) => Age::BirthDate(
-            crate::policy::parse_date(s)
-                .ok_or_else(|| unavailable("\"birth_date\" is not YYYY-MM-DD"))?,
+            policy::parse_date(s).ok_or_else(|| unavailable("\"birth_date\" is not YYYY-MM-DD"))?,
         ),
     };
     let home_library = answer

@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use super::{Limits, PENDING_TTL, ThrottleError, ThrottleSettings};
 use crate::store::redis::{KeyHasher, PREFIX, RedisConn, unix_ms};
 use crate::store::{Clock, StoreError};
-use crate::subject::normalize_card;
+use policy::subject::normalize_card;
 
 /// One script for the four steps. KEYS: card entry, address entry. ARGV: op (`check`,
 /// `failed`, `succeeded`, `abandoned`), now (ms), pending TTL (ms), then six limits for

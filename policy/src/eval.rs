@@ -189,6 +189,14 @@ pub struct Permit {
     pub(crate) svc_idx: SvcIdx,
 }
 
+impl Permit {
+    /// The credited institution's position in the policy the permit was decided under: a
+    /// cheap identity for caches keyed by permit (only meaningful with that same policy).
+    pub fn institution_index(&self) -> u32 {
+        self.inst_idx
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Permit(Permit),

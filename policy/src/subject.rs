@@ -40,7 +40,7 @@ impl Affiliation {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
-    /// Bit for [`crate::policy::Audience`] sets.
+    /// Bit for [`crate::Audience`] sets.
     pub(crate) fn bit(self) -> u8 {
         match self {
             Self::Patron => 1,

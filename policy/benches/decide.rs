@@ -1,6 +1,6 @@
 //! `decide` and policy loading on a generated national-size policy (about 800
 //! institutions, 150 services, 50 000 entitlements). Targets: at least 1 000 000 decisions
-//! a second on one core, and loading in under a second. Figures go in the README.
+//! a second on one core, and loading in under a second. Figures go in `docs/performance.md`.
 
 // A benchmark that cannot set itself up should stop loudly, like a test.
 #![expect(clippy::expect_used, reason = "benchmark setup, like a test")]
@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::ids::{InstitutionId, SubjectKey};
-use gateway::policy::{self, synthetic};
-use gateway::pseudonym::PseudonymKey;
-use gateway::subject::{Affiliation, Age, Subject};
 use jiff::civil::date;
+use policy::ids::{InstitutionId, SubjectKey};
+use policy::pseudonym::PseudonymKey;
+use policy::subject::{Affiliation, Age, Subject};
+use policy::{self, synthetic};
 
 fn bench(c: &mut Criterion) {
     let files = synthetic::national(42, synthetic::Size::NATIONAL);

@@ -1,5 +1,6 @@
-//! The policy: which institutions exist, what they subscribe to, who may use each service,
-//! and what a vendor may learn. See `shared/spec/policy.md` for the format and the rules.
+//! The policy engine: which institutions exist, what they subscribe to, who may use each
+//! service, and what a vendor may learn. The format and the decision rules are described in
+//! `docs/policy.md`.
 //!
 //! Data flows one way: `load` reads a directory of TOML files into spanned values, checks
 //! every rule and collects every error (with file:line:col) before building anything, and
@@ -7,6 +8,10 @@
 //! `eval::decide` is a pure, synchronous function of the policy, a subject, a service, the
 //! client's address and the instant; `release` turns a permit into the attributes a vendor
 //! receives. A reload builds a new `Policy` and swaps an `Arc`: nothing is ever half-applied.
+
+pub mod ids;
+pub mod pseudonym;
+pub mod subject;
 
 mod eval;
 mod load;

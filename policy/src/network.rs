@@ -11,13 +11,22 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
-use super::model::InstIdx;
+/// Networks to values (the policy stores each institution's index). Generic so that this
+/// module knows nothing of the policy model it serves.
+#[derive(Debug)]
+pub(crate) struct NetworkTable<V> {
+    /// (prefix length, masked address → value), longest first.
+    v4: Vec<(u8, FxHashMap<u32, V>)>,
+    v6: Vec<(u8, FxHashMap<u128, V>)>,
+}
 
-#[derive(Debug, Default)]
-pub(crate) struct NetworkTable {
-    /// (prefix length, masked address → institution), longest first.
-    v4: Vec<(u8, FxHashMap<u32, InstIdx>)>,
-    v6: Vec<(u8, FxHashMap<u128, InstIdx>)>,
+impl<V> Default for NetworkTable<V> {
+    fn default() -> Self {
+        Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
+    }
 }
 
 fn mask4(addr: u32, len: u8) -> u32 {
@@ -36,24 +45,24 @@ fn mask6(addr: u128, len: u8) -> u128 {
     }
 }
 
-impl NetworkTable {
+impl<V: Copy> NetworkTable<V> {
     /// Adds a network. Call in institution-id order: an existing entry is kept.
-    pub fn insert(&mut self, net: IpNet, inst: InstIdx) {
+    pub fn insert(&mut self, net: IpNet, value: V) {
         match net {
             IpNet::V4(n) => {
                 let len = n.prefix_len();
                 let key = mask4(u32::from(n.network()), len);
-                slot(&mut self.v4, len).entry(key).or_insert(inst);
+                slot(&mut self.v4, len).entry(key).or_insert(value);
             }
             IpNet::V6(n) => {
                 let len = n.prefix_len();
                 let key = mask6(u128::from(n.network()), len);
-                slot(&mut self.v6, len).entry(key).or_insert(inst);
+                slot(&mut self.v6, len).entry(key).or_insert(value);
             }
         }
     }
 
-    pub fn lookup(&self, ip: IpAddr) -> Option<InstIdx> {
+    pub fn lookup(&self, ip: IpAddr) -> Option<V> {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
@@ -75,7 +84,7 @@ impl NetworkTable {
     }
 }
 
-fn slot<K>(levels: &mut Vec<(u8, FxHashMap<K, InstIdx>)>, len: u8) -> &mut FxHashMap<K, InstIdx> {
+fn slot<K, V>(levels: &mut Vec<(u8, FxHashMap<K, V>)>, len: u8) -> &mut FxHashMap<K, V> {
     let pos = match levels.iter().position(|(l, _)| *l <= len) {
         Some(p) if levels[p].0 == len => p,
         Some(p) => {
@@ -100,7 +109,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_ties_keep_the_first() {
-        let mut t = NetworkTable::default();
+        let mut t = NetworkTable::<u32>::default();
         t.insert(net("192.0.2.0/24"), 0);
         t.insert(net("192.0.2.16/28"), 1);
         t.insert(net("192.0.2.16/28"), 2);
@@ -116,7 +125,7 @@ mod tests {
 
     #[test]
     fn default_route_and_host_routes() {
-        let mut t = NetworkTable::default();
+        let mut t = NetworkTable::<u32>::default();
         t.insert(net("0.0.0.0/0"), 7);
         t.insert(net("203.0.113.9/32"), 8);
         assert_eq!(t.lookup("203.0.113.9".parse().unwrap()), Some(8));

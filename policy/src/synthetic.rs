@@ -198,7 +198,7 @@ mod tests {
             services: 12,
             direct_per_institution: 5,
         };
-        let (policy, warnings) = crate::policy::load_files(national(7, size)).unwrap();
+        let (policy, warnings) = crate::load_files(national(7, size)).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(policy.summary().institutions, 40);
         assert_eq!(policy.summary().services, 12);

@@ -3,7 +3,7 @@
 //! `base32_lower(HMAC-SHA256(key, "portvakt-pairwise-v1" ‖ 0x00 ‖ sector ‖ 0x00 ‖ subject
 //! key)[..20])`, 32 characters without padding. The same person gets the same pseudonym in
 //! one sector on every replica and after every restart (it depends only on the key), and
-//! unlinkable pseudonyms in different sectors. Test vectors are in the README, so vendors
+//! unlinkable pseudonyms in different sectors. Test vectors are in `docs/policy.md`, so vendors
 //! and other implementations can check theirs.
 
 use std::fmt;
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn published_test_vectors() {
-        // These values are in README.md and were computed with Python's hmac/hashlib/base64,
+        // These values are in docs/policy.md and were computed with Python's hmac/hashlib/base64,
         // an independent implementation. A change here breaks every vendor's accounts.
         let k = vector_key();
         let cases = [

@@ -1,4 +1,4 @@
-//! Tests of the policy engine: every decision rule of `shared/spec/policy.md`, release, the
+//! Tests of the policy engine: every decision rule of `docs/policy.md`, release, the
 //! loader's diagnostics, the demo policy, and property tests over random small policies.
 
 use std::net::IpAddr;
@@ -1059,7 +1059,7 @@ fn release_in_the_order_of_the_list() {
             (Attribute::Affiliation, text("patron")),
             (Attribute::Institution, text("NO-2390700")),
             (Attribute::AgeOver(18), Value::Bool(true)),
-            // The published test vector (pseudonym.rs and the README).
+            // The published test vector (pseudonym.rs and docs/policy.md).
             (
                 Attribute::Pseudonym,
                 text("wsjo7zg7ncm2hv5g3637l5tuh4p5yvwu")
@@ -2483,7 +2483,7 @@ fn load_dir_reads_only_toml_files_in_name_order() {
 // ---------------------------------------------------------------------------------------
 
 fn demo() -> Policy {
-    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policy"));
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/policy"));
     match load_dir(dir) {
         Ok((p, warnings)) => {
             assert_eq!(warnings, vec![], "the demo policy has warnings");

@@ -387,7 +387,7 @@ pub struct Policy {
     /// Lower-case realm → institution.
     pub(crate) realms: FxHashMap<String, InstIdx>,
     pub(crate) grants: FxHashMap<(InstIdx, SvcIdx), Vec<Grant>>,
-    pub(crate) networks: NetworkTable,
+    pub(crate) networks: NetworkTable<InstIdx>,
 }
 
 /// Counts for `check-policy`'s one-line summary.
