@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::store::{ManualClock, SystemClock};
 use gateway::usage::{self, Counted, Event, Period, Query, RequestKind, Usage};
 use jiff::civil::date;
 use policy::ids::SubjectKey;
 use policy::subject::Affiliation;
 use policy::{self, AgeBand, synthetic};
+use store::{ManualClock, SystemClock};
 
 const KEY: &[u8] = b"benchmark-usage-key-0123456789abcdef";
 

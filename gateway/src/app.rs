@@ -15,19 +15,19 @@ use sha2::Sha256;
 
 use crate::auth::library_card::PatronVerifier;
 use crate::auth::throttle::LoginThrottle;
-use crate::config::Scheme;
-use crate::store::{Clock, Store};
 use crate::telemetry::{self, Metrics};
 use policy::pseudonym::PseudonymKey;
 use policy::{self, Diagnostic, LoadError, Policy};
+use proxy::Scheme;
+use store::{Clock, Store};
 
 /// Everything a request handler may need.
 pub struct App {
     policy: ArcSwap<Policy>,
     /// Service hosts ⇄ vendor origins, rebuilt with every policy.
-    hosts: ArcSwap<crate::proxy::HostMap>,
+    hosts: ArcSwap<proxy::HostMap>,
     /// The pooled connections to vendors.
-    pub upstreams: crate::proxy::Upstreams,
+    pub upstreams: proxy::Upstreams,
     /// Names of the gateway's own cookies, never sent to a vendor.
     pub gateway_cookies: Vec<String>,
     /// The SAML identity provider, when a signing key is configured.
@@ -96,7 +96,7 @@ pub struct AppParts {
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
     /// Connections to vendors (timeouts, extra CAs for tests).
-    pub upstream_settings: crate::proxy::UpstreamSettings,
+    pub upstream_settings: proxy::UpstreamSettings,
     /// The Feide login, when `[feide]` is configured.
     pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
     /// The signing key for SAML and OIDC, with the keys rotated out (still published).
@@ -141,7 +141,7 @@ impl App {
         let metrics = Metrics::default();
         record_policy(&metrics, &parts.policy);
         let hosts = host_map(&parts.policy, &parts.public_host, parts.public_scheme)?;
-        let upstreams = crate::proxy::Upstreams::new(&parts.upstream_settings)
+        let upstreams = proxy::Upstreams::new(&parts.upstream_settings)
             .map_err(|e| format!("cannot set up connections to vendors: {e}"))?;
         let gateway_cookies = [
             "portvakt",
@@ -217,7 +217,7 @@ impl App {
     }
 
     /// The current service hosts.
-    pub fn hosts(&self) -> Arc<crate::proxy::HostMap> {
+    pub fn hosts(&self) -> Arc<proxy::HostMap> {
         self.hosts.load_full()
     }
 
@@ -350,16 +350,12 @@ impl App {
 }
 
 /// The service hosts of every proxied service in a policy.
-fn host_map(
-    policy: &Policy,
-    public_host: &str,
-    scheme: Scheme,
-) -> Result<crate::proxy::HostMap, String> {
+fn host_map(policy: &Policy, public_host: &str, scheme: Scheme) -> Result<proxy::HostMap, String> {
     let services = policy.services().iter().filter_map(|s| match &s.access {
         policy::Access::Proxy(p) => Some((s.id.clone(), p.origin.clone(), p.hosts.clone())),
         _ => None,
     });
-    crate::proxy::HostMap::new(public_host, scheme, services).map_err(|e| e.to_string())
+    proxy::HostMap::new(public_host, scheme, services).map_err(|e| e.to_string())
 }
 
 fn record_policy(metrics: &Metrics, policy: &Policy) {

@@ -16,6 +16,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+pub use proxy::Scheme;
+
 use crate::auth::library_card::FileCardBackend;
 
 /// Every mistake in a config file, each as `FILE:LINE:COLUMN: error: MESSAGE`.
@@ -105,21 +107,6 @@ pub struct FileUsage {
 pub struct FileTelemetry {
     pub log_format: Option<Spanned<String>>,
     pub otlp_endpoint: Option<Spanned<String>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Https => "https",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

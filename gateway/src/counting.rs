@@ -134,7 +134,7 @@ pub enum Kind {
 
 pub fn kind_of(proxy: &policy::ProxySettings, path_and_query: &str) -> Kind {
     let path =
-        crate::text::split_once_ascii(path_and_query, b'?').map_or(path_and_query, |(p, _)| p);
+        proxy::text::split_once_ascii(path_and_query, b'?').map_or(path_and_query, |(p, _)| p);
     if proxy.item_paths.iter().any(|p| p.matches(path)) {
         Kind::Item(path.to_owned())
     } else if proxy.search_paths.iter().any(|p| p.matches(path)) {

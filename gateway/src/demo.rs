@@ -18,8 +18,8 @@ use crate::app::{App, AppParts};
 use crate::auth::library_card::sip2::codec::Encoding;
 use crate::auth::library_card::sip2::server::{DemoAcsOptions, DemoPatron, serve as serve_acs};
 use crate::auth::library_card::{FileCardBackend, build};
-use crate::config::Scheme;
 use policy::pseudonym::PseudonymKey;
+use proxy::Scheme;
 
 /// The demo's fixed pseudonym key. Never use it for real: anyone can compute the
 /// pseudonyms it gives.
@@ -228,7 +228,7 @@ pub async fn start(
 
     let mut session_key = [0u8; 32];
     getrandom::fill(&mut session_key).map_err(|e| format!("no randomness: {e}"))?;
-    let clock: Arc<dyn crate::store::Clock> = Arc::new(crate::store::SystemClock);
+    let clock: Arc<dyn store::Clock> = Arc::new(store::SystemClock);
     // A fresh signing key for the demo's SAML and OIDC services, never written to disk.
     let (key_pem, cert_pem) = crate::keys::signing_key_and_cert().map_err(|e| e.to_string())?;
     let signing = crate::app::Signing {

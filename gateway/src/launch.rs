@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, AppParts};
 use crate::config::{Config, StoreBackend};
-use crate::store::{Clock, SystemClock};
 use policy::pseudonym::PseudonymKey;
+use store::{Clock, SystemClock};
 
 /// `portvakt serve`.
 pub async fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
@@ -212,8 +212,8 @@ pub fn usage_salt_key(pseudonym_key: &[u8]) -> Result<[u8; 32], String> {
 }
 
 /// The memory store, swept every minute so expired sessions do not pile up.
-pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn crate::store::Store> {
-    let store = Arc::new(crate::store::memory::MemoryStore::new());
+pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn store::Store> {
+    let store = Arc::new(store::memory::MemoryStore::new());
     store.spawn_sweeper(clock.clone(), std::time::Duration::from_secs(60));
     store
 }
@@ -222,10 +222,10 @@ pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn crate::store::Store> {
 /// Redis that is down at start leaves the gateway running but not ready (`/readyz` 503,
 /// logins refused with a clear page) and connecting again by itself until Redis answers,
 /// so replicas and Redis may start in any order. A malformed URL stops the start.
-pub fn redis_store(url: &str) -> Result<Arc<dyn crate::store::Store>, String> {
-    let conn = crate::store::redis::RedisConn::open(url).map_err(|e| e.to_string())?;
-    let redis: Arc<dyn crate::store::Store> = Arc::new(crate::store::redis::RedisStore::new(conn));
-    Ok(Arc::new(crate::store::cache::CachedStore::new(redis)))
+pub fn redis_store(url: &str) -> Result<Arc<dyn store::Store>, String> {
+    let conn = store::redis::RedisConn::open(url).map_err(|e| e.to_string())?;
+    let redis: Arc<dyn store::Store> = Arc::new(store::redis::RedisStore::new(conn));
+    Ok(Arc::new(store::cache::CachedStore::new(redis)))
 }
 
 /// `portvakt demo`.

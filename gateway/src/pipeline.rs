@@ -19,11 +19,11 @@ use crate::app::App;
 use crate::auth::library_card::CardOutcome;
 use crate::auth::throttle::LoginRefusal;
 use crate::pages::{self, LoginPage, MessagePage, ServiceLink, StartPage, Texts};
-use crate::session::{LoginMethod, SessionData, SessionId};
 use crate::telemetry::{self, log_ip};
 use policy::ids::InstitutionId;
 use policy::subject::{Affiliation, Subject, card_subject_key};
 use policy::{Access, Decision, DenyReason, Policy};
+use store::session::{LoginMethod, SessionData, SessionId};
 
 /// The peer address of the connection, put in each request's extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -91,7 +91,7 @@ pub(crate) fn set_cookie(app: &App, name: &str, value: &str, max_age: Option<u64
 
 /// The value of the first cookie called `name` in the request's `Cookie` headers (a
 /// header that is not visible ASCII is passed over). Every proxied request looks up the
-/// service host's cookie, so this goes by bytes: `;` by [`crate::text::find_byte`], no text searcher.
+/// service host's cookie, so this goes by bytes: `;` by [`proxy::text::find_byte`], no text searcher.
 pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
@@ -104,7 +104,7 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     let mut rest = header;
     loop {
-        let (pair, next) = match crate::text::split_once_ascii(rest, b';') {
+        let (pair, next) = match proxy::text::split_once_ascii(rest, b';') {
             Some((pair, next)) => (pair, Some(next)),
             None => (rest, None),
         };
@@ -914,7 +914,7 @@ async fn proxy_entry(
     let session_id = match session_id {
         Some(id) => id,
         None => {
-            let Ok(random) = crate::session::Ticket::generate() else {
+            let Ok(random) = store::session::Ticket::generate() else {
                 return unavailable();
             };
             let walk_in = Subject {
@@ -939,7 +939,7 @@ async fn proxy_entry(
             }
         }
     };
-    let Ok(ticket) = crate::session::Ticket::generate() else {
+    let Ok(ticket) = store::session::Ticket::generate() else {
         return unavailable();
     };
     let entry = crate::service_host::EntryTicket {
@@ -949,7 +949,7 @@ async fn proxy_entry(
     let stored = app
         .store
         .put_ticket_json(
-            crate::session::TicketKind::ProxyEntry,
+            store::session::TicketKind::ProxyEntry,
             &ticket,
             &entry,
             crate::service_host::TICKET_TTL,

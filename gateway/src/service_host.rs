@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::pages;
 use crate::pipeline;
-use crate::session::{SessionId, Ticket, TicketKind};
 use policy::{Decision, DenyReason, Rate};
+use store::session::{SessionId, Ticket, TicketKind};
 
 /// The entry path on every service host; never forwarded to a vendor.
 pub const ENTER_PATH: &str = "/__portvakt/enter";
@@ -64,7 +64,7 @@ fn session_from_cookie<'h>(
     label: &str,
 ) -> Option<(SessionId, &'h str)> {
     let value = pipeline::cookie(headers, cookie_name(app))?;
-    let (id, mac) = crate::text::split_once_ascii(value, b'.')?;
+    let (id, mac) = proxy::text::split_once_ascii(value, b'.')?;
     if let Some(session) = app.verified_cookies.get(value, label) {
         return Some((session, id));
     }
@@ -136,7 +136,7 @@ impl std::fmt::Debug for EntryTicket {
 type Limiters = HashMap<(String, Rate), Arc<DefaultKeyedRateLimiter<u64>>>;
 
 /// Per-service keyed rate limiters, rebuilt when a service's rate changes. With the Redis
-/// store the limit is cluster-wide ([`crate::store::redis::SharedRate`]); while Redis does
+/// store the limit is cluster-wide ([`store::redis::SharedRate`]); while Redis does
 /// not answer, each replica falls back to its own in-process limiter, so a patron is never
 /// stopped by an outage of ours, and the cluster allows at most the rate times the number
 /// of replicas until Redis is back.
@@ -144,7 +144,7 @@ type Limiters = HashMap<(String, Rate), Arc<DefaultKeyedRateLimiter<u64>>>;
 pub struct RateLimits {
     limiters: Mutex<Limiters>,
     hasher: std::collections::hash_map::RandomState,
-    shared: Option<crate::store::redis::SharedRate>,
+    shared: Option<store::redis::SharedRate>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -156,9 +156,9 @@ impl std::fmt::Debug for RateLimits {
 impl RateLimits {
     /// In-process limits, or shared through Redis when `redis` is given (keyed by hashes
     /// under `secret`, which every replica must share).
-    pub fn new(secret: &[u8; 32], redis: Option<crate::store::redis::RedisConn>) -> Self {
+    pub fn new(secret: &[u8; 32], redis: Option<store::redis::RedisConn>) -> Self {
         Self {
-            shared: redis.map(|conn| crate::store::redis::SharedRate::new(conn, secret)),
+            shared: redis.map(|conn| store::redis::SharedRate::new(conn, secret)),
             ..Self::default()
         }
     }
@@ -380,10 +380,10 @@ pub async fn handle(
                 .iter()
                 .map(|(a, v)| (a.name(), v.as_text()))
                 .collect();
-            crate::proxy::release_headers(attributes.iter().map(|(a, v)| (a.as_str(), v.as_str())))
+            proxy::release_headers(attributes.iter().map(|(a, v)| (a.as_str(), v.as_str())))
         });
     let hosts = app.hosts();
-    let forward = crate::proxy::Forward {
+    let forward = proxy::Forward {
         origin,
         hosts: &hosts,
         service,
@@ -408,7 +408,7 @@ pub async fn handle(
     };
     // The patron's page language, for an error page, before the request is handed on.
     let t = t();
-    match crate::proxy::forward(&app.upstreams, &forward, req).await {
+    match proxy::forward(&app.upstreams, &forward, req).await {
         Ok(resp) => crate::counting::count_response(pending, resp),
         Err(e) => {
             tracing::warn!(service, reason = e.reason(), "proxied request failed");

@@ -23,9 +23,9 @@ use crate::app::App;
 use crate::federation::oidc::{AuthorizeError, AuthorizeParams, OidcEndpoints, OidcError};
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
-use crate::session::{Ticket, TicketKind};
 use policy::subject::Subject;
 use policy::{Access, Decision, Policy};
+use store::session::{Ticket, TicketKind};
 
 pub fn router(app: Arc<App>) -> Router {
     let mut r = Router::new()

@@ -90,9 +90,9 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use sha2::Sha256;
 
-use crate::store::Clock;
 use policy::subject::Affiliation;
 use policy::{AgeBand, DenyReason};
+use store::Clock;
 
 pub use api::{render_csv, render_json, router};
 pub use config::{ConfigProblem, FileStatistician, Statistician, Statisticians};
@@ -299,7 +299,7 @@ impl Usage {
         flush_interval: Duration,
         clock: Arc<dyn Clock>,
         salt_key: &[u8],
-        redis: crate::store::redis::RedisConn,
+        redis: store::redis::RedisConn,
         options: SharedOptions,
     ) -> Result<Arc<Usage>, UsageError> {
         let shared = shared::Shared::new(redis, data_dir, options)?;

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use gateway::app::{App, AppParts};
 use gateway::auth::feide::{FeideClient, FeideSettings};
-use gateway::config::Scheme;
-use gateway::session::{LoginMethod, SessionData, SessionId};
-use gateway::store::{Clock, SystemClock};
 use http::Reply;
 use jiff::civil::date;
 use policy::ids::InstitutionId;
 use policy::pseudonym::PseudonymKey;
 use policy::subject::{Affiliation, Age};
+use proxy::Scheme;
+use store::session::{LoginMethod, SessionData, SessionId};
+use store::{Clock, SystemClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
@@ -560,7 +560,7 @@ async fn a_wrong_or_missing_state_is_refused() {
         .unwrap()
         .1
         .into_owned();
-    let forged = gateway::session::Ticket::generate().unwrap().expose();
+    let forged = store::session::Ticket::generate().unwrap().expose();
     for query in [
         format!("code={code}&state={forged}"),
         format!("code={code}&state=not-a-ticket"),

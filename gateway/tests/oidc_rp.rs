@@ -23,8 +23,6 @@ use gateway::federation::oidc::{
     AuthorizeError, AuthorizeParams, OidcEndpoints, Provider, TokenResponse, routes,
 };
 use gateway::federation::{SigningKey, previous_jwk};
-use gateway::store::memory::MemoryStore;
-use gateway::store::{ManualClock, Store};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -40,6 +38,8 @@ use openidconnect::{
 use policy::subject::{Affiliation, Subject};
 use policy::{Decision, decide, release};
 use serde_json::Value;
+use store::memory::MemoryStore;
+use store::{ManualClock, Store};
 
 const SECRET: &str = "fag-secret";
 

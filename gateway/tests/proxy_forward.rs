@@ -14,15 +14,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use gateway::config::Scheme;
-use gateway::proxy::{
-    Forward, HostMap, ProxyError, Timeouts, UpstreamSettings, Upstreams, forward,
-};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use origin::{BIG_CHUNK, BIG_CHUNKS, Origin};
 use policy::ids::ServiceId;
+use proxy::Scheme;
+use proxy::{Forward, HostMap, ProxyError, Timeouts, UpstreamSettings, Upstreams, forward};
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -63,10 +61,7 @@ async fn setup_with(scheme: Scheme) -> Setup {
         hosts: Arc::new(hosts),
         up: Upstreams::new(&UpstreamSettings::default()).unwrap(),
         cookies: vec!["portvakt_session".into(), "__Host-portvakt".into()],
-        release: gateway::proxy::release_headers([
-            ("pseudonym", "p5eudonym-real"),
-            ("age_over_18", "true"),
-        ]),
+        release: proxy::release_headers([("pseudonym", "p5eudonym-real"), ("age_over_18", "true")]),
     }
 }
 

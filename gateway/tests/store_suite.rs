@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use gateway::auth::throttle::shared::SharedThrottle;
 use gateway::auth::throttle::{Throttle, ThrottleError, ThrottleSettings};
-use gateway::session::{LoginMethod, SessionData, SessionId, Ticket, TicketKind};
-use gateway::store::cache::CachedStore;
-use gateway::store::memory::MemoryStore;
-use gateway::store::redis::{RedisConn, RedisStore, SharedRate};
-use gateway::store::{Clock, ManualClock, Store, StoreError, deadline};
 use jiff::Timestamp;
 use policy::ids::{InstitutionId, SubjectKey};
 use policy::subject::{Affiliation, Age, Subject};
 use redis_server::RedisServer;
+use store::cache::CachedStore;
+use store::memory::MemoryStore;
+use store::redis::{RedisConn, RedisStore, SharedRate};
+use store::session::{LoginMethod, SessionData, SessionId, Ticket, TicketKind};
+use store::{Clock, ManualClock, Store, StoreError, deadline};
 
 const MIN: Duration = Duration::from_secs(60);
 const CARD: &str = "10017001";

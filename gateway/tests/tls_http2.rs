@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gateway::app::{App, AppParts};
-use gateway::config::Scheme;
-use gateway::store::{Clock, SystemClock};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use policy::pseudonym::PseudonymKey;
+use proxy::Scheme;
 use rustls_pki_types::ServerName;
+use store::{Clock, SystemClock};
 use tokio::net::{TcpListener, TcpStream};
 
 struct Started {

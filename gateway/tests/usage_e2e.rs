@@ -19,10 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::store::ManualClock;
 use http::{Reply, form, hidden, request};
 use origin::Origin;
 use serde_json::Value;
+use store::ManualClock;
 
 const A: &str = "NO-2390700";
 const B: &str = "NO-2380100";

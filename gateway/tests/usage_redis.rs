@@ -22,8 +22,6 @@ use jiff::civil::Date;
 use redis_server::RedisServer;
 use tower::ServiceExt;
 
-use gateway::store::redis::RedisConn;
-use gateway::store::{Clock, SystemClock};
 use gateway::usage::{
     Counted, Event, FileStatistician, Metric, Period, PersonToken, Query, RequestKind,
     SharedOptions, Statisticians, Usage, UsageError,
@@ -31,6 +29,8 @@ use gateway::usage::{
 use policy::AgeBand;
 use policy::ids::SubjectKey;
 use policy::subject::Affiliation;
+use store::redis::RedisConn;
+use store::{Clock, SystemClock};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const LIB: &str = "NO-2390700";

@@ -89,11 +89,11 @@ use self::http::{FeideHttp, HttpError};
 use crate::app::App;
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
-use crate::session::{LoginMethod, Ticket, TicketKind};
 use crate::telemetry::{self, log_ip};
 use policy::Policy;
 use policy::ids::{InstitutionId, SubjectKey};
 use policy::subject::{Affiliation, Age, Subject};
+use store::session::{LoginMethod, Ticket, TicketKind};
 
 /// Where the login starts (the button on the login page links here).
 pub const START_PATH: &str = "/auth/feide/start";
@@ -129,7 +129,7 @@ pub enum FeideError {
     #[error("Feide gave no usable Feide user id (user@realm)")]
     NoUserId,
     #[error("no randomness for the login state: {0}")]
-    Random(#[from] crate::session::SessionError),
+    Random(#[from] store::session::SessionError),
 }
 
 impl FeideError {

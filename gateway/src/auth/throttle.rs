@@ -61,7 +61,7 @@ pub enum LoginRefusal {
     /// The shared throttle cannot be asked: the login is refused, never let through
     /// unchecked.
     #[error(transparent)]
-    Unavailable(#[from] crate::store::StoreError),
+    Unavailable(#[from] store::StoreError),
 }
 
 /// The throttle a login goes through, in-process or shared; one interface for both.
@@ -75,8 +75,8 @@ impl LoginThrottle {
     /// Shared through Redis when the store is Redis, else in this process.
     pub fn new(
         secret: [u8; 32],
-        redis: Option<crate::store::redis::RedisConn>,
-        clock: std::sync::Arc<dyn crate::store::Clock>,
+        redis: Option<store::redis::RedisConn>,
+        clock: std::sync::Arc<dyn store::Clock>,
     ) -> Self {
         match redis {
             Some(conn) => Self::Shared(shared::SharedThrottle::new(
@@ -123,7 +123,7 @@ impl LoginThrottle {
     }
 }
 
-fn report(result: Result<(), crate::store::StoreError>) {
+fn report(result: Result<(), store::StoreError>) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "the login throttle could not record a try");
     }

@@ -67,11 +67,11 @@ use subtle::ConstantTimeEq;
 use url::Url;
 
 use super::{Jwk, SigningKey, random_id};
-use crate::session::{Ticket, TicketKind};
-use crate::store::{Clock, Store, StoreError};
 use policy::ids::ServiceId;
 use policy::release::Value as Released;
 use policy::{Access, Attribute, OidcSettings, Policy, Release};
+use store::session::{Ticket, TicketKind};
+use store::{Clock, Store, StoreError};
 
 /// How long a code may wait for the token endpoint.
 pub const CODE_TTL: Duration = Duration::from_secs(60);

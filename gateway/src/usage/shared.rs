@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use super::counters::{self, Archive, CellKey, Live, Metric, NO_REASON, Names, Table};
 use super::distinct::{self, PeriodKey};
 use super::{PersonToken, UsageError, lock};
-use crate::store::redis::{PREFIX, RedisConn, unix_ms};
+use store::redis::{PREFIX, RedisConn, unix_ms};
 
 /// Cells (a day, institution, service, metric and dimensions) this replica keeps while
 /// Redis is away: about 100 bytes each, so some 25 MiB at most (and the persons below

@@ -17,9 +17,9 @@ use super::counters::ALL;
 use super::distinct::Sketch;
 use super::query::{Period, Query, Row, suppress};
 use super::*;
-use crate::store::ManualClock;
 use policy::subject::Affiliation;
 use policy::{AgeBand, DenyReason, Policy};
+use store::ManualClock;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -413,7 +413,7 @@ fn verdict(r: &PatronInformationResponse, card: &str) -> Result<Sip2Verdict, Sip
 }
 
 /// A connection to the ACS, plain or TLS; the SIP2 code above does not tell them apart.
-type Stream = crate::net::ClientStream;
+type Stream = proxy::net::ClientStream;
 
 /// One open, logged-in connection and what it has read past the last frame.
 #[derive(Debug)]

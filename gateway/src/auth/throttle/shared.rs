@@ -18,9 +18,9 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::{Limits, PENDING_TTL, ThrottleError, ThrottleSettings};
-use crate::store::redis::{KeyHasher, PREFIX, RedisConn, unix_ms};
-use crate::store::{Clock, StoreError};
 use policy::subject::normalize_card;
+use store::redis::{KeyHasher, PREFIX, RedisConn, unix_ms};
+use store::{Clock, StoreError};
 
 /// One script for the four steps. KEYS: card entry, address entry. ARGV: op (`check`,
 /// `failed`, `succeeded`, `abandoned`), now (ms), pending TTL (ms), then six limits for

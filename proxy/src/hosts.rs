@@ -10,8 +10,24 @@ use std::sync::Arc;
 
 use url::{Origin, Position, Url};
 
-use crate::config::Scheme;
 use policy::ids::ServiceId;
+
+/// The scheme of every absolute URL the gateway builds (service hosts, redirects): `https`
+/// when the public listener has TLS or a load balancer in front ends it, else `http`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostMapError {

@@ -2,8 +2,9 @@
 //!
 //! Whatever one replica writes here, every other replica must see: a patron logs in on one
 //! replica and their next request lands on another. The default is [`memory::MemoryStore`]
-//! (one process); a Redis store comes later behind the same trait, so every value is
-//! serializable and every expiry is a deadline the store itself enforces.
+//! (one process); [`redis::RedisStore`] shares the same trait between replicas (behind each
+//! replica's [`cache::CachedStore`]), so every value is serializable and every expiry is a
+//! deadline the store itself enforces.
 //!
 //! Time is passed in (`now`) rather than read inside the store, so idle and absolute expiry
 //! are tested with a [`ManualClock`] and no sleeping; the caller reads `now` from its
@@ -12,6 +13,7 @@
 pub mod cache;
 pub mod memory;
 pub mod redis;
+pub mod session;
 
 use std::fmt;
 use std::future::Future;

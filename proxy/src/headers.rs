@@ -8,7 +8,7 @@ use url::Url;
 
 use super::Forward;
 use super::hosts::{HostKind, HostMap, Links};
-use crate::config::Scheme;
+use crate::hosts::Scheme;
 use crate::text::{split_ascii, split_once_ascii};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the

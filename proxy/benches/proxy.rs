@@ -2,7 +2,7 @@
 //! realistic article page (28 kB, a few hundred elements, links to the vendor's own
 //! origins, a CDN, foreign sites and relative ones), plain and gzip-encoded, in 16 kB
 //! chunks as they come off the wire; the link matcher alone; and the request and response
-//! header work. Figures go in loadtest/README.md.
+//! header work. Figures go in `docs/performance.md`.
 
 // A benchmark that cannot set itself up should stop loudly, like a test.
 #![expect(clippy::expect_used, reason = "benchmark setup, like a test")]
@@ -13,10 +13,10 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gateway::config::Scheme;
-use gateway::proxy::{Forward, HostMap, Timeouts, bench, release_headers};
 use http::{HeaderMap, HeaderValue, Response};
 use policy::ids::ServiceId;
+use proxy::Scheme;
+use proxy::{Forward, HostMap, Timeouts, bench, release_headers};
 use url::Url;
 
 fn hosts() -> Arc<HostMap> {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Client, MAX_HEAD, MAX_HEADERS};
-use crate::proxy::ProxyError;
+use crate::ProxyError;
 
 /// What the origin does with the next request.
 enum Answer {

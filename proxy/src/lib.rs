@@ -29,9 +29,11 @@ mod client;
 mod headers;
 mod hosts;
 mod html;
+pub mod net;
 mod scan;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use std::io;
 use std::sync::Arc;
@@ -44,7 +46,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use rustls_pki_types::CertificateDer;
 use url::Url;
 
-pub use hosts::{HostMap, HostMapError, ServiceHost};
+pub use hosts::{HostMap, HostMapError, Scheme, ServiceHost};
 
 /// Who caused a [`ProxyError`], for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ impl OutputSink for Sink {
 }
 
 /// A whole decoded body through lol_html, chunk by chunk.
-pub(in crate::proxy) fn rewrite_decoded(
+pub(crate) fn rewrite_decoded(
     plan: &HtmlPlan,
     hosts: &Arc<HostMap>,
     service: &str,

@@ -11,7 +11,7 @@ use super::headers::{Coding, HtmlPlan, rewrite_refresh, rewrite_response, scrub_
 use super::hosts::{HostKind, HostMap, HostMapError};
 use super::html::{oracle, rewrite_body, rewrite_css_urls, rewrite_srcset};
 use super::{Forward, ProxyError, Timeouts, release_header_name, upstream_uri};
-use crate::config::Scheme;
+use crate::hosts::Scheme;
 use policy::ids::ServiceId;
 
 fn url(s: &str) -> Url {

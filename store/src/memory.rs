@@ -284,8 +284,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ManualClock;
     use crate::session::LoginMethod;
-    use crate::store::ManualClock;
     use policy::ids::{InstitutionId, SubjectKey};
     use policy::subject::{Affiliation, Age, Subject};
 
