@@ -31,9 +31,9 @@ pub struct App {
     /// Names of the gateway's own cookies, never sent to a vendor.
     pub gateway_cookies: Vec<String>,
     /// The SAML identity provider, when a signing key is configured.
-    pub idp: Option<Arc<crate::federation::saml::Idp>>,
+    pub idp: Option<Arc<federation::saml::Idp>>,
     /// The OpenID provider, when a signing key is configured.
-    pub oidc: Option<Arc<crate::federation::oidc::Provider>>,
+    pub oidc: Option<Arc<federation::oidc::Provider>>,
     pub policy_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -63,8 +63,8 @@ pub struct App {
     /// The Feide login, when `[feide]` is configured.
     pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
     /// The usage counters, and who may read them.
-    pub usage: Arc<crate::usage::Usage>,
-    pub statisticians: Arc<crate::usage::Statisticians>,
+    pub usage: Arc<usage::Usage>,
+    pub statisticians: Arc<usage::Statisticians>,
     pub k_anonymity: u32,
 }
 
@@ -102,9 +102,9 @@ pub struct AppParts {
     /// The signing key for SAML and OIDC, with the keys rotated out (still published).
     pub signing: Option<Signing>,
     /// The usage counters (`Usage::open`), shared with the flusher.
-    pub usage: Arc<crate::usage::Usage>,
+    pub usage: Arc<usage::Usage>,
     /// `[[statistician]]`: the keys of the native API and SUSHI.
-    pub statisticians: crate::usage::Statisticians,
+    pub statisticians: usage::Statisticians,
     /// `[usage] k_anonymity`.
     pub k_anonymity: u32,
 }
@@ -112,9 +112,9 @@ pub struct AppParts {
 /// Federation settings: one key signs SAML responses and id_tokens.
 #[derive(Debug)]
 pub struct Signing {
-    pub key: crate::federation::SigningKey,
+    pub key: federation::SigningKey,
     /// Certificates of keys rotated out, kept in the JWKS until their tokens expire.
-    pub previous: Vec<crate::federation::Jwk>,
+    pub previous: Vec<federation::Jwk>,
     /// `[saml] entity_id`; default `<scheme>://<public_host>/saml/metadata`.
     pub saml_entity_id: Option<String>,
     /// `[saml] scope`; default the public host without its port.
@@ -165,7 +165,7 @@ impl App {
                         .unwrap_or_default()
                         .to_owned()
                 });
-                let idp = crate::federation::saml::Idp {
+                let idp = federation::saml::Idp {
                     entity_id: s
                         .saml_entity_id
                         .unwrap_or_else(|| format!("{base}/saml/metadata")),
@@ -173,7 +173,7 @@ impl App {
                     scope,
                     key: s.key.clone(),
                 };
-                let provider = crate::federation::oidc::Provider {
+                let provider = federation::oidc::Provider {
                     issuer: base.clone(),
                     key: s.key,
                     previous: s.previous,

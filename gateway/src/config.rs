@@ -178,7 +178,7 @@ pub struct Config {
     /// Default 1 s.
     pub flush_interval: Duration,
     /// `[[statistician]]`: who may read usage (native API, SUSHI). Default none.
-    pub statisticians: crate::usage::Statisticians,
+    pub statisticians: usage::Statisticians,
     pub log_format: LogFormat,
     /// Sections accepted by the format but not yet acted on by this version; the server
     /// warns about each at start.
@@ -618,7 +618,7 @@ fn check(file: FileConfig, places: &Places<'_>, base: &Path) -> Result<Config, C
         .iter()
         .map(|t| t.get_ref().clone())
         .collect();
-    let statisticians = match crate::usage::Statisticians::from_tables(&tables) {
+    let statisticians = match usage::Statisticians::from_tables(&tables) {
         Ok(s) => s,
         Err(problems) => {
             for p in problems {

@@ -34,10 +34,10 @@ use http_body::{Frame, SizeHint};
 use jiff::civil::Date;
 
 use crate::app::App;
-use crate::usage::{Counted, Event, PersonToken, RequestKind, Usage};
 use policy::ids::InstitutionId;
 use policy::subject::{Affiliation, Subject};
 use policy::{AgeBand, DenyReason, Permit};
+use usage::{Counted, Event, PersonToken, RequestKind, Usage};
 
 fn today(app: &App) -> Date {
     policy::oslo_today(app.clock.now())

@@ -230,16 +230,15 @@ pub async fn start(
     getrandom::fill(&mut session_key).map_err(|e| format!("no randomness: {e}"))?;
     let clock: Arc<dyn store::Clock> = Arc::new(store::SystemClock);
     // A fresh signing key for the demo's SAML and OIDC services, never written to disk.
-    let (key_pem, cert_pem) = crate::keys::signing_key_and_cert().map_err(|e| e.to_string())?;
+    let (key_pem, cert_pem) = federation::SigningKey::generate_pem().map_err(|e| e.to_string())?;
     let signing = crate::app::Signing {
-        key: crate::federation::SigningKey::from_pem(&key_pem, &cert_pem)
-            .map_err(|e| e.to_string())?,
+        key: federation::SigningKey::from_pem(&key_pem, &cert_pem).map_err(|e| e.to_string())?,
         previous: Vec::new(),
         saml_entity_id: None,
         saml_scope: None,
     };
     let statisticians = demo_statisticians()?;
-    let usage = crate::usage::Usage::open(
+    let usage = usage::Usage::open(
         None,
         std::time::Duration::from_secs(1),
         clock.clone(),
@@ -274,9 +273,9 @@ pub async fn start(
 /// The demo statistician's API key (it sees every library and school of the demo).
 pub const DEMO_STATISTICIAN_KEY: &str = "demo-statistikk";
 
-fn demo_statisticians() -> Result<crate::usage::Statisticians, String> {
+fn demo_statisticians() -> Result<usage::Statisticians, String> {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(DEMO_STATISTICIAN_KEY.as_bytes());
-    crate::usage::Statisticians::check(&[crate::usage::FileStatistician {
+    usage::Statisticians::check(&[usage::FileStatistician {
         name: "Demo".into(),
         api_key_sha256: data_encoding::HEXLOWER.encode(&digest),
         institutions: Vec::new(),

@@ -18,8 +18,6 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rsa::pkcs8::EncodePrivateKey;
-
 /// File names inside the `--out` directory.
 pub const PSEUDONYM_KEY_FILE: &str = "pseudonym.key";
 pub const SESSION_KEY_FILE: &str = "session.key";
@@ -28,19 +26,6 @@ pub const SIGNING_CERT_FILE: &str = "signing.crt";
 
 /// Length in bytes of the random keys `generate` writes.
 pub const RAW_KEY_LEN: usize = 32;
-
-/// The signing key's modulus size. 2048 bits is what SAML and OIDC relying parties accept
-/// everywhere; the certificate is pinned in metadata, so a key is rolled by a new file, not
-/// by a bigger default.
-const RSA_BITS: usize = 2048;
-
-/// The signing certificate's common name.
-pub const SIGNING_CERT_CN: &str = "Portvakt signing";
-
-/// How long the signing certificate is valid. Vendors pin it in metadata, and a certificate
-/// that expires under them breaks every login at once, so it is long-lived; rolling the key
-/// is an operator decision, not an expiry.
-const SIGNING_CERT_YEARS: i16 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -58,10 +43,8 @@ pub enum KeysError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(getrandom::Error),
-    #[error("cannot generate the RSA signing key: {0}")]
-    Rsa(String),
-    #[error("cannot make the signing certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
+    #[error(transparent)]
+    Signing(#[from] federation::FederationError),
     #[error(
         "the {what} {} does not exist (make one with `portvakt keys generate --out DIR`)",
         path.display()
@@ -123,7 +106,7 @@ pub fn generate(out_dir: &Path) -> Result<GeneratedKeys, KeysError> {
     // Everything that can fail without touching the disk comes first.
     let pseudonym = random_bytes()?;
     let session = random_bytes()?;
-    let (key_pem, cert_pem) = signing_key_and_cert()?;
+    let (key_pem, cert_pem) = federation::SigningKey::generate_pem()?;
 
     DirBuilder::new()
         .recursive(true)
@@ -219,58 +202,6 @@ fn write_new_private(path: &Path, content: &[u8]) -> Result<(), KeysError> {
     })
 }
 
-/// An RSA key and a self-signed certificate for it, both PEM.
-///
-/// ring (our only crypto provider) signs with RSA keys but cannot generate them, and rcgen
-/// generates RSA keys only under aws-lc; so the `rsa` crate generates the key, and rcgen
-/// signs the certificate through ring with that key. The `rsa` crate is used for nothing
-/// else: every signature at run time goes through ring.
-pub fn signing_key_and_cert() -> Result<(String, String), KeysError> {
-    let rsa_key = rsa::PrivateKey::new(&mut getrandom::SysRng, RSA_BITS)
-        .map_err(|e| KeysError::Rsa(e.to_string()))?;
-    let pkcs8 = rsa_key
-        .to_pkcs8_der()
-        .map_err(|e| KeysError::Rsa(e.to_string()))?;
-    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-        &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
-        &rcgen::PKCS_RSA_SHA256,
-    )?;
-
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, SIGNING_CERT_CN);
-    params.distinguished_name = dn;
-    // A day's slack before now, so a relying party whose clock is a little behind ours
-    // does not see a certificate from the future.
-    let today = jiff::Timestamp::now()
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-        .date();
-    let start = today.yesterday().unwrap_or(today);
-    let end = start
-        .checked_add(jiff::Span::new().years(SIGNING_CERT_YEARS))
-        .unwrap_or(start);
-    params.not_before = rcgen::date_time_ymd(
-        i32::from(start.year()),
-        start.month().unsigned_abs(),
-        start.day().unsigned_abs(),
-    );
-    params.not_after = rcgen::date_time_ymd(
-        i32::from(end.year()),
-        end.month().unsigned_abs(),
-        end.day().unsigned_abs(),
-    );
-    // RFC 5280: a positive serial of at most 20 bytes, unique per issuer; random is the
-    // usual way to be unique without keeping state.
-    let mut serial = [0u8; 16];
-    getrandom::fill(&mut serial).map_err(KeysError::Random)?;
-    serial[0] &= 0x7f;
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-
-    let cert = params.self_signed(&key_pair)?;
-    Ok((key_pair.serialize_pem(), cert.pem()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,13 +242,13 @@ mod tests {
         let key_pem = std::fs::read_to_string(&keys.signing_key).unwrap();
         assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         let rsa_key = rsa::PrivateKey::from_pkcs8_pem(&key_pem).unwrap();
-        assert_eq!(rsa_key.size() * 8, RSA_BITS);
+        assert_eq!(rsa_key.size() * 8, federation::RSA_BITS);
 
         let cert_pem = std::fs::read(&keys.signing_cert).unwrap();
         let (_, pem) = parse_x509_pem(&cert_pem).unwrap();
         let cert = pem.parse_x509().unwrap();
         let cn = cert.subject().iter_common_name().next().unwrap();
-        assert_eq!(cn.as_str().unwrap(), SIGNING_CERT_CN);
+        assert_eq!(cn.as_str().unwrap(), federation::SIGNING_CERT_CN);
         assert_eq!(cert.subject(), cert.issuer());
         assert_eq!(
             cert.signature_algorithm.algorithm,

@@ -123,13 +123,13 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
     }
     let signing = match (&config.signing_key_file, &config.signing_cert_file) {
         (Some(key), Some(cert)) => {
-            let key = crate::federation::SigningKey::load(key, cert).map_err(|e| e.to_string())?;
+            let key = federation::SigningKey::load(key, cert).map_err(|e| e.to_string())?;
             let mut previous = Vec::new();
             for path in &config.previous_signing_cert_files {
                 let pem = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 previous.push(
-                    crate::federation::previous_jwk(&pem)
+                    federation::previous_jwk(&pem)
                         .map_err(|e| format!("{}: {e}", path.display()))?,
                 );
             }
@@ -159,15 +159,15 @@ pub fn build_app_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Ar
     // With Redis the counts are shared by every replica (usage/shared.rs); `data_dir` then
     // only holds what a stop could not send.
     let usage = match store.redis() {
-        Some(conn) => crate::usage::Usage::open_shared(
+        Some(conn) => usage::Usage::open_shared(
             Some(&config.data_dir),
             config.flush_interval,
             clock.clone(),
             &usage_salt_key,
             conn,
-            crate::usage::SharedOptions::default(),
+            usage::SharedOptions::default(),
         ),
-        None => crate::usage::Usage::open(
+        None => usage::Usage::open(
             Some(&config.data_dir),
             config.flush_interval,
             clock.clone(),

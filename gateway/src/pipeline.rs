@@ -51,7 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::sso::router(app.clone()))
         .merge({
             let policy_app = app.clone();
-            crate::usage::router(
+            usage::router(
                 app.usage.clone(),
                 move || policy_app.policy(),
                 app.statisticians.clone(),

@@ -37,7 +37,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    usage: Arc<crate::usage::Usage>,
+    usage: Arc<usage::Usage>,
     flusher: tokio::task::JoinHandle<()>,
 }
 

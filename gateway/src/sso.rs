@@ -20,9 +20,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::federation::oidc::{AuthorizeError, AuthorizeParams, OidcEndpoints, OidcError};
 use crate::pages::{self, Texts};
 use crate::pipeline::{self, Peer};
+use federation::oidc::{AuthorizeError, AuthorizeParams, OidcEndpoints, OidcError};
 use policy::subject::Subject;
 use policy::{Access, Decision, Policy};
 use store::session::{Ticket, TicketKind};
@@ -35,7 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app.clone());
     if let Some(provider) = app.oidc.clone() {
         let policy_app = app.clone();
-        r = r.merge(crate::federation::oidc::routes(OidcEndpoints {
+        r = r.merge(federation::oidc::routes(OidcEndpoints {
             provider,
             store: app.store.clone(),
             clock: app.clock.clone(),
@@ -89,7 +89,7 @@ pub(crate) fn entry(
 async fn saml_metadata(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let t = pages::language(&headers, None);
     match &app.idp {
-        Some(idp) => crate::federation::saml::metadata_handler(State(idp.clone())).await,
+        Some(idp) => federation::saml::metadata_handler(State(idp.clone())).await,
         None => not_configured(t),
     }
 }
@@ -264,7 +264,7 @@ fn respond_saml(
     peer: Peer,
     headers: &HeaderMap,
     policy: &Policy,
-    request: &crate::federation::saml::SpRequest,
+    request: &federation::saml::SpRequest,
     subject: &Subject,
     instant: Timestamp,
 ) -> Response {

@@ -9,11 +9,10 @@ mod federation_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use federation::saml::sp::verify_saml_response;
+use federation::saml::{ATTR_PAIRWISE_ID, Idp};
 use federation_support::{fixture, patron};
-use gateway::demo::federated::{
-    OidcVendor, SamlVendor, oidc_router, saml_router, verify_saml_response,
-};
-use gateway::federation::saml::{ATTR_PAIRWISE_ID, Idp};
+use gateway::demo::federated::{OidcVendor, SamlVendor, oidc_router, saml_router};
 use http_body_util::BodyExt;
 use jiff::Timestamp;
 use policy::Access;

@@ -192,7 +192,7 @@ async fn gateway_with(feide: Option<FeideSettings>) -> Gateway {
         Arc::new(FeideClient::new(&s).unwrap())
     });
     let app = App::new(AppParts {
-        usage: gateway::usage::Usage::open(
+        usage: usage::Usage::open(
             None,
             std::time::Duration::from_secs(1),
             clock.clone(),

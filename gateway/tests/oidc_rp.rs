@@ -18,11 +18,11 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use federation_support::{CARD, Fixture, INSTITUTION, fixture, patron};
-use gateway::federation::oidc::{
+use federation::oidc::{
     AuthorizeError, AuthorizeParams, OidcEndpoints, Provider, TokenResponse, routes,
 };
-use gateway::federation::{SigningKey, previous_jwk};
+use federation::{SigningKey, previous_jwk};
+use federation_support::{CARD, Fixture, INSTITUTION, fixture, patron};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -13,11 +13,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use federation_support::{CARD, Fixture, INSTITUTION, INSTITUTION_NAME, fixture, patron};
-use gateway::federation::saml::{
+use federation::saml::{
     ATTR_PAIRWISE_ID, ATTR_PORTVAKT_PREFIX, ATTR_SCOPED_AFFILIATION, Idp, NAMEID_PERSISTENT,
     NAMEID_TRANSIENT, PostBinding, SamlError, post_form_csp,
 };
+use federation_support::{CARD, Fixture, INSTITUTION, INSTITUTION_NAME, fixture, patron};
 use jiff::Timestamp;
 use policy::subject::Affiliation;
 use policy::{Access, SamlSettings};

@@ -28,7 +28,7 @@ async fn start(tls: bool) -> Started {
         policy::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy")).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = App::new(AppParts {
-        usage: gateway::usage::Usage::open(
+        usage: usage::Usage::open(
             None,
             std::time::Duration::from_secs(1),
             clock.clone(),

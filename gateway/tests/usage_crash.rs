@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gateway::usage::{Counted, Event, Metric, Period, Query, RequestKind, Usage};
 use policy::AgeBand;
 use policy::subject::Affiliation;
 use store::{Clock, SystemClock};
+use usage::{Counted, Event, Metric, Period, Query, RequestKind, Usage};
 
 const DIR_VAR: &str = "PORTVAKT_USAGE_CHILD_DIR";
 const KEY: &[u8] = b"usage-crash-test-key-0123456789abcdef";

@@ -22,15 +22,15 @@ use jiff::civil::Date;
 use redis_server::RedisServer;
 use tower::ServiceExt;
 
-use gateway::usage::{
-    Counted, Event, FileStatistician, Metric, Period, PersonToken, Query, RequestKind,
-    SharedOptions, Statisticians, Usage, UsageError,
-};
 use policy::AgeBand;
 use policy::ids::SubjectKey;
 use policy::subject::Affiliation;
 use store::redis::RedisConn;
 use store::{Clock, SystemClock};
+use usage::{
+    Counted, Event, FileStatistician, Metric, Period, PersonToken, Query, RequestKind,
+    SharedOptions, Statisticians, Usage, UsageError,
+};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const LIB: &str = "NO-2390700";
@@ -255,7 +255,7 @@ async fn redis_away_buffers_the_counts_sends_them_exactly_once_and_exports_refus
     let u = open(&redis, None, SharedOptions::default());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/policy");
     let policy = Arc::new(policy::load_dir(Path::new(dir)).expect("demo policy").0);
-    let router = gateway::usage::router(u.clone(), move || policy.clone(), statisticians(), 5);
+    let router = usage::router(u.clone(), move || policy.clone(), statisticians(), 5);
     let d = today();
     let api = format!("/api/v1/usage?from={d}&to={d}&metric=requests&service=avis");
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gateway::federation::SigningKey;
+use federation::SigningKey;
 use jiff::Timestamp;
 use policy::ids::InstitutionId;
 use policy::pseudonym::PseudonymKey;

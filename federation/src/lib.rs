@@ -36,7 +36,22 @@ pub enum FederationError {
     Certificate(String),
     #[error("the signing certificate does not belong to the signing key")]
     Mismatch,
+    #[error("cannot make a signing key and certificate: {0}")]
+    Generate(String),
 }
+
+/// The signing key's modulus size. 2048 bits is what SAML and OIDC relying parties accept
+/// everywhere; the certificate is pinned in metadata, so a key is rolled by a new file, not
+/// by a bigger default.
+pub const RSA_BITS: usize = 2048;
+
+/// The signing certificate's common name.
+pub const SIGNING_CERT_CN: &str = "Portvakt signing";
+
+/// How long the signing certificate is valid. Vendors pin it in metadata, and a certificate
+/// that expires under them breaks every login at once, so it is long-lived; rolling the key
+/// is an operator decision, not an expiry.
+const SIGNING_CERT_YEARS: i16 = 10;
 
 /// The RSA key that signs SAML responses and id_tokens, with its certificate (published
 /// in the SAML metadata) and its public JWK (published in the JWKS). `Debug` never shows
@@ -91,6 +106,61 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 }
 
 impl SigningKey {
+    /// An RSA key and a self-signed certificate for it, both PEM.
+    ///
+    /// ring (our only crypto provider) signs with RSA keys but cannot generate them, and rcgen
+    /// generates RSA keys only under aws-lc; so the `rsa` crate generates the key, and rcgen
+    /// signs the certificate through ring with that key. The `rsa` crate is used for nothing
+    /// else: every signature at run time goes through ring.
+    pub fn generate_pem() -> Result<(String, String), FederationError> {
+        let rsa_key = rsa::PrivateKey::new(&mut getrandom::SysRng, RSA_BITS)
+            .map_err(|e| FederationError::Generate(e.to_string()))?;
+        let pkcs8 = rsa_key
+            .to_pkcs8_der()
+            .map_err(|e| FederationError::Generate(e.to_string()))?;
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .map_err(|e| FederationError::Generate(e.to_string()))?;
+
+        let mut params = rcgen::CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, SIGNING_CERT_CN);
+        params.distinguished_name = dn;
+        // A day's slack before now, so a relying party whose clock is a little behind ours
+        // does not see a certificate from the future.
+        let today = jiff::Timestamp::now()
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .date();
+        let start = today.yesterday().unwrap_or(today);
+        let end = start
+            .checked_add(jiff::Span::new().years(SIGNING_CERT_YEARS))
+            .unwrap_or(start);
+        params.not_before = rcgen::date_time_ymd(
+            i32::from(start.year()),
+            start.month().unsigned_abs(),
+            start.day().unsigned_abs(),
+        );
+        params.not_after = rcgen::date_time_ymd(
+            i32::from(end.year()),
+            end.month().unsigned_abs(),
+            end.day().unsigned_abs(),
+        );
+        // RFC 5280: a positive serial of at most 20 bytes, unique per issuer; random is the
+        // usual way to be unique without keeping state.
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).map_err(|e| FederationError::Generate(e.to_string()))?;
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+
+        let cert = params
+            .self_signed(&key_pair)
+            .map_err(|e| FederationError::Generate(e.to_string()))?;
+        Ok((key_pair.serialize_pem(), cert.pem()))
+    }
+
     /// From the PEM texts of `signing.key` (PKCS#8) and `signing.crt`.
     pub fn from_pem(key_pem: &str, cert_pem: &str) -> Result<Self, FederationError> {
         let key = rsa::PrivateKey::from_pkcs8_pem(key_pem)
@@ -232,26 +302,19 @@ mod tests {
 
     #[test]
     fn a_certificate_of_another_key_is_refused() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        crate::keys::generate(a.path()).unwrap();
-        crate::keys::generate(b.path()).unwrap();
-        let read =
-            |d: &tempfile::TempDir, f: &str| std::fs::read_to_string(d.path().join(f)).unwrap();
-        let ok = SigningKey::from_pem(&read(&a, "signing.key"), &read(&a, "signing.crt")).unwrap();
+        let (a_key, a_cert) = SigningKey::generate_pem().unwrap();
+        let (_, b_cert) = SigningKey::generate_pem().unwrap();
+        let ok = SigningKey::from_pem(&a_key, &a_cert).unwrap();
         assert!(!format!("{ok:?}").contains("PRIVATE"));
         assert!(matches!(
-            SigningKey::from_pem(&read(&a, "signing.key"), &read(&b, "signing.crt")),
+            SigningKey::from_pem(&a_key, &b_cert),
             Err(FederationError::Mismatch)
         ));
         // The previous key's JWK is the same from its certificate and its private key.
         assert_eq!(
-            previous_jwk(&read(&a, "signing.crt")).unwrap(),
-            previous_jwk(&read(&a, "signing.key")).unwrap()
+            previous_jwk(&a_cert).unwrap(),
+            previous_jwk(&a_key).unwrap()
         );
-        assert_eq!(
-            previous_jwk(&read(&a, "signing.crt")).unwrap().kid,
-            ok.kid()
-        );
+        assert_eq!(previous_jwk(&a_cert).unwrap().kid, ok.kid());
     }
 }

@@ -237,18 +237,18 @@ impl Distinct {
         }
     }
 
-    /// The persisted form, when anything changed since the last one.
     /// A snapshot that could not be written: take it again next time.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
 
-    pub fn snapshot_if_dirty(&mut self) -> Option<Vec<u8>> {
+    /// The sketches to persist, when anything changed since they were last taken.
+    pub fn take_if_dirty(&mut self) -> Option<&BTreeMap<PeriodKey, PeriodSketches>> {
         if !self.dirty {
             return None;
         }
         self.dirty = false;
-        Some(super::persist::encode_distinct(&self.periods))
+        Some(&self.periods)
     }
 }
 

@@ -50,6 +50,8 @@
 //! - Documents with a DOCTYPE are refused before any parsing, and inflated
 //!   HTTP-Redirect requests are capped at [`MAX_REQUEST_BYTES`].
 
+pub mod sp;
+
 use std::fmt::Write as _;
 use std::io::Read as _;
 

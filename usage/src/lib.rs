@@ -78,6 +78,7 @@ mod distinct;
 mod persist;
 mod query;
 mod shared;
+mod state;
 mod sushi;
 
 use std::path::{Path, PathBuf};
@@ -468,7 +469,9 @@ impl Usage {
         };
         let changes = std::mem::take(&mut *lock(&self.unsaved));
         let names = read(&self.names).clone_if_dirty();
-        let distinct = lock(&self.distinct).snapshot_if_dirty();
+        let distinct = lock(&self.distinct)
+            .take_if_dirty()
+            .map(persist::encode_distinct);
         let written = {
             let archive = read(&self.archive);
             persist::write(dir, names.as_ref(), &archive, &changes, distinct.as_ref())

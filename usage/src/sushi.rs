@@ -25,9 +25,9 @@ use axum::routing::get;
 use jiff::civil::Date;
 use serde_json::{Map, Value, json};
 
-use super::api::ApiState;
 use super::counters::Metric;
 use super::query::{Period, Query};
+use super::state::ApiState;
 use policy::Policy;
 
 /// The platform's name in reports.

@@ -17,16 +17,9 @@ use jiff::civil::Date;
 
 use super::counters::{self, ALL, Metric};
 use super::query::{Period, Query, Rows};
+use super::state::ApiState;
 use super::{Statistician, Statisticians, Usage, UsageError};
 use policy::{DenyReason, Policy};
-
-/// What the handlers share.
-pub(crate) struct ApiState {
-    pub usage: Arc<Usage>,
-    pub policy: Box<dyn Fn() -> Arc<Policy> + Send + Sync>,
-    pub statisticians: Arc<Statisticians>,
-    pub k_anonymity: u32,
-}
 
 /// The statistics endpoints for the public host: `/api/v1/usage` and `/sushi/r51/…`.
 /// `policy` gives the policy in force (`move || app.policy()`).
