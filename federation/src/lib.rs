@@ -4,7 +4,7 @@
 //! (`signing_key_file`, `signing_cert_file`), loaded here into a [`SigningKey`].
 //!
 //! Data flows one way: the entry link or the vendor's request names a service, the
-//! pipeline decides, `policy::release` turns the permit into the released attributes, and
+//! gateway decides, `policy::release` turns the permit into the released attributes, and
 //! the modules here turn exactly that [`policy::Release`] into a signed assertion or
 //! token. Nothing else about the person reaches these modules, so nothing else can leak.
 //!

@@ -4,9 +4,9 @@
 //!
 //! 1. `GET /oidc/authorize`: [`Provider::authorize`] checks the request against the
 //!    policy's `[service.oidc]` and answers "ok, now decide" ([`AuthorizeRequest`]) or an
-//!    [`AuthorizeError`]. The pipeline (the lead's wiring) makes sure the patron is logged
-//!    in, decides for [`AuthorizeRequest::service`], and on a permit calls
-//!    [`Provider::issue_code`] with the release; on a deny it sends
+//!    [`AuthorizeError`]. The gateway (`routes::idp` in the `gateway` crate) makes sure
+//!    the patron is logged in, decides for [`AuthorizeRequest::service`], and on a permit
+//!    calls [`Provider::issue_code`] with the release; on a deny it sends
 //!    [`AuthorizeRequest::error_redirect`] with `access_denied`.
 //! 2. `POST /oidc/token`: [`Provider::token`] authenticates the client, redeems the code
 //!    (single-use, 60 s), checks `redirect_uri` and PKCE, and returns an id_token (RS256,
@@ -226,7 +226,7 @@ pub struct AuthorizeParams {
     pub code_challenge_method: Option<String>,
 }
 
-/// A checked authorization request: the pipeline now decides for `service`.
+/// A checked authorization request: the gateway now decides for `service`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub service: ServiceId,
@@ -780,7 +780,7 @@ impl std::fmt::Debug for OidcEndpoints {
 }
 
 /// Discovery, JWKS, token and userinfo, to be merged into the public host's router.
-/// `/oidc/authorize` is not here: it needs the session and the decision (the pipeline's).
+/// `/oidc/authorize` is not here: it needs the session and the decision (the gateway's).
 pub fn routes(endpoints: OidcEndpoints) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery_handler))

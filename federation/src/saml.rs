@@ -173,7 +173,7 @@ pub struct SpRequest {
     pub id: String,
     /// The SP's entity id (the request's Issuer).
     pub issuer: String,
-    /// The service the SP is configured as: what the pipeline decides on.
+    /// The service the SP is configured as: what the gateway decides on.
     pub service: ServiceId,
     pub relay_state: Option<String>,
 }

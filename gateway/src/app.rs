@@ -13,13 +13,19 @@ use hmac::{Hmac, KeyInit, Mac};
 use ipnet::IpNet;
 use sha2::Sha256;
 
+use policy::pseudonym::PseudonymKey;
+use policy::{Diagnostic, LoadError, Policy};
+use store::{Clock, Store};
+
+use crate::auth::feide::FeideClient;
 use crate::auth::library_card::PatronVerifier;
 use crate::auth::throttle::LoginThrottle;
+use crate::config::Scheme;
+use crate::rate_limit::RateLimits;
+use crate::release_cache::ReleaseCache;
 use crate::telemetry::{self, Metrics};
-use policy::pseudonym::PseudonymKey;
-use policy::{self, Diagnostic, LoadError, Policy};
-use proxy::Scheme;
-use store::{Clock, Store};
+use crate::verified_cookies::VerifiedCookies;
+use crate::web::cookies::{self, Cookies};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -28,8 +34,10 @@ pub struct App {
     hosts: ArcSwap<proxy::HostMap>,
     /// The pooled connections to vendors.
     pub upstreams: proxy::Upstreams,
-    /// Names of the gateway's own cookies, never sent to a vendor.
+    /// Every name of the gateway's own cookies, never sent to a vendor.
     pub gateway_cookies: Vec<String>,
+    /// The gateway's cookies as this installation names them (`__Host-` under https).
+    pub cookies: Cookies,
     /// The SAML identity provider, when a signing key is configured.
     pub idp: Option<Arc<federation::saml::Idp>>,
     /// The OpenID provider, when a signing key is configured.
@@ -47,25 +55,34 @@ pub struct App {
     /// Keys the binding of a service-host cookie to its session and host.
     binding_key: Hmac<Sha256>,
     /// Per-person, per-service request rates (`rate_per_user`); cluster-wide with Redis.
-    pub rate_limits: crate::service_host::RateLimits,
+    pub rate_limits: RateLimits,
     /// Released attribute headers per session and service (the pseudonym is an HMAC).
-    pub release_cache: crate::service_host::ReleaseCache,
-    pub verified_cookies: crate::service_host::VerifiedCookies,
+    pub release_cache: ReleaseCache,
+    pub verified_cookies: VerifiedCookies,
     /// `bib.example.no` or `bib.localhost:8080`, lower case.
     pub public_host: String,
     pub public_scheme: Scheme,
-    /// Cookies get `Secure` and the `__Host-` prefix when pages are served over https.
-    pub secure_cookies: bool,
     /// Absolute session lifetime.
     pub session_ttl: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Metrics,
     /// The Feide login, when `[feide]` is configured.
-    pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
+    pub feide: Option<Arc<FeideClient>>,
     /// The usage counters, and who may read them.
     pub usage: Arc<usage::Usage>,
     pub statisticians: Arc<usage::Statisticians>,
     pub k_anonymity: u32,
+}
+
+/// Why the shared state could not be made from its parts.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the session key cannot key an HMAC")]
+    SessionKey,
+    #[error("the policy's service hosts: {0}")]
+    Hosts(#[from] proxy::HostMapError),
+    #[error("cannot set up connections to vendors: {0}")]
+    Upstreams(#[from] proxy::ProxyError),
 }
 
 /// A session unused for this long ends, even before `session_ttl`: a library computer
@@ -98,7 +115,7 @@ pub struct AppParts {
     /// Connections to vendors (timeouts, extra CAs for tests).
     pub upstream_settings: proxy::UpstreamSettings,
     /// The Feide login, when `[feide]` is configured.
-    pub feide: Option<Arc<crate::auth::feide::FeideClient>>,
+    pub feide: Option<Arc<FeideClient>>,
     /// The signing key for SAML and OIDC, with the keys rotated out (still published).
     pub signing: Option<Signing>,
     /// The usage counters (`Usage::open`), shared with the flusher.
@@ -130,29 +147,19 @@ impl std::fmt::Debug for AppParts {
 }
 
 impl App {
-    pub fn new(parts: AppParts) -> Result<Arc<App>, String> {
-        let csrf_key = Hmac::<Sha256>::new_from_slice(&parts.session_key)
-            .map_err(|_| "the session key cannot key an HMAC".to_owned())?;
+    pub fn new(parts: AppParts) -> Result<Arc<App>, AppError> {
+        let csrf_key =
+            Hmac::<Sha256>::new_from_slice(&parts.session_key).map_err(|_| AppError::SessionKey)?;
         // A separate key for each use, derived from the session key.
         let mut derive = csrf_key.clone();
         derive.update(b"portvakt-service-cookie-key");
         let binding_key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())
-            .map_err(|_| "the session key cannot key an HMAC".to_owned())?;
+            .map_err(|_| AppError::SessionKey)?;
         let metrics = Metrics::default();
         record_policy(&metrics, &parts.policy);
         let hosts = host_map(&parts.policy, &parts.public_host, parts.public_scheme)?;
-        let upstreams = proxy::Upstreams::new(&parts.upstream_settings)
-            .map_err(|e| format!("cannot set up connections to vendors: {e}"))?;
-        let gateway_cookies = [
-            "portvakt",
-            "portvakt-login",
-            "portvakt-svc",
-            "__Host-portvakt",
-            "__Host-portvakt-login",
-            "__Host-portvakt-svc",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let upstreams = proxy::Upstreams::new(&parts.upstream_settings)?;
+        let gateway_cookies = cookies::all_names();
         let base = format!("{}://{}", parts.public_scheme.as_str(), parts.public_host);
         let (idp, oidc) = match parts.signing {
             None => (None, None),
@@ -184,7 +191,7 @@ impl App {
         // With the Redis store, the throttle and rate limits are shared through it too.
         let redis = parts.store.redis();
         let throttle = LoginThrottle::new(parts.session_key, redis.clone(), parts.clock.clone());
-        let rate_limits = crate::service_host::RateLimits::new(&parts.session_key, redis);
+        let rate_limits = RateLimits::new(&parts.session_key, redis);
         Ok(Arc::new(App {
             idp,
             oidc,
@@ -192,6 +199,7 @@ impl App {
             hosts: ArcSwap::from_pointee(hosts),
             upstreams,
             gateway_cookies,
+            cookies: Cookies::new(parts.public_scheme == Scheme::Https),
             policy_dir: parts.policy_dir,
             store: parts.store,
             clock: parts.clock,
@@ -204,7 +212,6 @@ impl App {
             release_cache: Default::default(),
             verified_cookies: Default::default(),
             public_host: parts.public_host.to_ascii_lowercase(),
-            secure_cookies: parts.public_scheme == Scheme::Https,
             public_scheme: parts.public_scheme,
             session_ttl: parts.session_ttl,
             trusted_proxies: parts.trusted_proxies,
@@ -242,7 +249,7 @@ impl App {
                                 file: self.policy_dir.display().to_string(),
                                 position: None,
                                 severity: policy::Severity::Error,
-                                message: e,
+                                message: e.to_string(),
                             }],
                         });
                     }
@@ -349,13 +356,42 @@ impl App {
     }
 }
 
+/// The key of usage counting's person tokens, derived from the pseudonym key: secret,
+/// the same on every replica and across restarts, and never stored under `data_dir`.
+pub fn usage_salt_key(pseudonym_key: &[u8]) -> Option<[u8; 32]> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(pseudonym_key).ok()?;
+    mac.update(b"portvakt-usage-salt-key");
+    Some(mac.finalize().into_bytes().into())
+}
+
+/// The memory store, swept every minute so expired sessions do not pile up.
+pub fn memory_store(clock: &Arc<dyn Clock>) -> Arc<dyn Store> {
+    let store = Arc::new(store::memory::MemoryStore::new());
+    store.spawn_sweeper(clock.clone(), std::time::Duration::from_secs(60));
+    store
+}
+
+/// The Redis store behind this replica's session cache. No connection is made here: a
+/// Redis that is down at start leaves the gateway running but not ready (`/readyz` 503,
+/// logins refused with a clear page) and connecting again by itself until Redis answers,
+/// so replicas and Redis may start in any order. A malformed URL stops the start.
+pub fn redis_store(url: &str) -> Result<Arc<dyn Store>, store::redis::BadUrl> {
+    let conn = store::redis::RedisConn::open(url)?;
+    let redis: Arc<dyn Store> = Arc::new(store::redis::RedisStore::new(conn));
+    Ok(Arc::new(store::cache::CachedStore::new(redis)))
+}
+
 /// The service hosts of every proxied service in a policy.
-fn host_map(policy: &Policy, public_host: &str, scheme: Scheme) -> Result<proxy::HostMap, String> {
+fn host_map(
+    policy: &Policy,
+    public_host: &str,
+    scheme: Scheme,
+) -> Result<proxy::HostMap, proxy::HostMapError> {
     let services = policy.services().iter().filter_map(|s| match &s.access {
         policy::Access::Proxy(p) => Some((s.id.clone(), p.origin.clone(), p.hosts.clone())),
         _ => None,
     });
-    proxy::HostMap::new(public_host, scheme, services).map_err(|e| e.to_string())
+    proxy::HostMap::new(public_host, scheme, services)
 }
 
 fn record_policy(metrics: &Metrics, policy: &Policy) {

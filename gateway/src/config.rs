@@ -16,9 +16,13 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+pub mod card_backend;
+pub mod feide;
+
 pub use proxy::Scheme;
 
-use crate::auth::library_card::FileCardBackend;
+use self::card_backend::FileCardBackend;
+use self::feide::{FeideSettings, FileFeide};
 
 /// Every mistake in a config file, each as `FILE:LINE:COLUMN: error: MESSAGE`.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,7 @@ pub struct FileConfig {
     pub keys: FileKeys,
     #[serde(default)]
     pub card_backend: Vec<Spanned<FileCardBackend>>,
-    pub feide: Option<Spanned<crate::auth::feide::FileFeide>>,
+    pub feide: Option<Spanned<FileFeide>>,
     pub saml: Option<FileSaml>,
     #[serde(default)]
     pub usage: FileUsage,
@@ -170,7 +174,7 @@ pub struct Config {
     pub saml_scope: Option<String>,
     pub card_backends: Vec<FileCardBackend>,
     /// `[feide]`, when present.
-    pub feide: Option<crate::auth::feide::FeideSettings>,
+    pub feide: Option<FeideSettings>,
     /// Directory that relative paths in `card_backends` are read from.
     pub base_dir: PathBuf,
     /// Minimum count shown in breakdowns by affiliation or age band. Default 5.

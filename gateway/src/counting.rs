@@ -24,20 +24,23 @@
 //!   request, as COUNTER asks; the double-click rule and per-session uniqueness are the
 //!   usage module's.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use jiff::civil::Date;
-
-use crate::app::App;
 use policy::ids::InstitutionId;
 use policy::subject::{Affiliation, Subject};
-use policy::{AgeBand, DenyReason, Permit};
+use policy::{AgeBand, DenyReason, Permit, Policy};
 use usage::{Counted, Event, PersonToken, RequestKind, Usage};
+
+use crate::app::App;
+use crate::telemetry;
+use crate::web::{Refusal, Texts};
 
 fn today(app: &App) -> Date {
     policy::oslo_today(app.clock.now())
@@ -47,8 +50,17 @@ fn person(app: &App, subject: &Subject) -> Option<PersonToken> {
     (subject.affiliation != Affiliation::WalkIn).then(|| app.usage.person(&subject.key))
 }
 
+/// A login attempt's outcome in the metrics (`portvakt_logins_total`), by institution
+/// (`-` when none can be trusted, as for a failed Feide login).
+pub fn login_outcome(app: &App, institution: &str, outcome: &str) {
+    app.metrics.inc(
+        telemetry::LOGINS,
+        &[("institution", institution), ("outcome", outcome)],
+    );
+}
+
 /// A successful login at `institution`.
-pub(crate) fn login(app: &App, institution: &str, subject: &Subject) {
+pub fn login(app: &App, institution: &str, subject: &Subject) {
     app.usage.record(Event::Login(Counted {
         institution,
         service: "-",
@@ -59,7 +71,7 @@ pub(crate) fn login(app: &App, institution: &str, subject: &Subject) {
 }
 
 /// A failed card login at `institution` (the library chosen on the form).
-pub(crate) fn login_failure(app: &App, institution: &str) {
+pub fn login_failure(app: &App, institution: &str) {
     app.usage.record(Event::LoginFailure(Counted {
         institution,
         service: "-",
@@ -69,8 +81,8 @@ pub(crate) fn login_failure(app: &App, institution: &str) {
     }));
 }
 
-/// A permitted entry (entry link, SAML or OIDC login at a vendor).
-pub(crate) fn access(app: &App, permit: &Permit, subject: &Subject) {
+/// A permitted entry (entry link, SAML or OIDC login at a vendor), in usage and metrics.
+pub fn permitted(app: &App, permit: &Permit, subject: &Subject) {
     app.usage.record(Event::Access(Counted {
         institution: permit.institution.as_str(),
         service: permit.service.as_str(),
@@ -78,26 +90,61 @@ pub(crate) fn access(app: &App, permit: &Permit, subject: &Subject) {
         age_band: AgeBand::of(subject.age, permit.day),
         person: person(app, subject),
     }));
+    app.metrics.inc(
+        telemetry::DECISIONS,
+        &[
+            ("service", permit.service.as_str()),
+            ("institution", permit.institution.as_str()),
+            ("decision", "permit"),
+            ("reason", ""),
+        ],
+    );
 }
 
-/// A denial. `service` is `-` for an unknown service; `institution` `-` when no
-/// institution can be credited, which is then not counted (see the module docs).
-pub(crate) fn denial(
+/// The institution a denial is credited to: the one whose network the client is on,
+/// else the patron's home institution, else `-` (not counted in usage).
+pub fn credited(policy: &Policy, ip: IpAddr, subject: &Subject) -> String {
+    policy.onsite_institution(ip).map_or_else(
+        || {
+            subject
+                .institutions
+                .first()
+                .map_or_else(|| "-".to_owned(), |i| i.to_string())
+        },
+        |i| i.id.to_string(),
+    )
+}
+
+/// A denial, in the metrics and in usage when an institution can be credited (`who` gives
+/// the affiliation and age band there). `service` is `-` for an unknown service;
+/// `institution` `-` when no institution can be credited, which is then not counted in
+/// usage (see the module docs).
+pub fn denial(
     app: &App,
     service: &str,
     institution: &str,
-    subject: Option<&Subject>,
+    who: Option<&Subject>,
     reason: DenyReason,
 ) {
-    if institution == "-" || institution.is_empty() {
-        return;
-    }
+    // Unknown services are not counted per service: the label would be unbounded.
     let service = if reason == DenyReason::UnknownService {
         "-"
     } else {
         service
     };
-    let (affiliation, age_band) = match subject {
+    app.metrics.inc(
+        telemetry::DECISIONS,
+        &[
+            ("service", service),
+            ("institution", institution),
+            ("decision", "deny"),
+            ("reason", reason.as_str()),
+        ],
+    );
+    if institution == "-" || institution.is_empty() {
+        return;
+    }
+    let (affiliation, age_band) = match who {
         Some(s) => (s.affiliation, AgeBand::of(s.age, today(app))),
         None => (Affiliation::WalkIn, AgeBand::Unknown),
     };
@@ -111,6 +158,21 @@ pub(crate) fn denial(
         },
         reason,
     });
+}
+
+/// A denial counted ([`denial`]), and the refusal the patron gets for it: the deny page
+/// with the status of the reason, or JSON when asked.
+pub fn deny(
+    app: &App,
+    t: &'static Texts,
+    headers: &HeaderMap,
+    service: &str,
+    institution: &str,
+    who: Option<&Subject>,
+    reason: DenyReason,
+) -> Refusal {
+    denial(app, service, institution, who, reason);
+    Refusal::denied(t, reason, headers)
 }
 
 /// Whether a request path matches a `search_paths` / `item_paths` pattern: `*` is one
@@ -146,7 +208,7 @@ pub fn kind_of(proxy: &policy::ProxySettings, path_and_query: &str) -> Kind {
 
 /// One proxied request, counted when its response body is done (or dropped).
 #[derive(Debug)]
-pub(crate) struct PendingRequest {
+pub struct PendingRequest {
     pub usage: Arc<Usage>,
     pub institution: InstitutionId,
     pub service: policy::ids::ServiceId,
@@ -185,7 +247,7 @@ impl PendingRequest {
 }
 
 /// Wraps a proxied response so its request is counted with the bytes that went out.
-pub(crate) fn count_response(
+pub fn count_response(
     mut pending: PendingRequest,
     resp: axum::response::Response,
 ) -> axum::response::Response {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use jiff::ToSpan;
@@ -18,6 +18,8 @@ use crate::app::{App, AppParts};
 use crate::auth::library_card::sip2::codec::Encoding;
 use crate::auth::library_card::sip2::server::{DemoAcsOptions, DemoPatron, serve as serve_acs};
 use crate::auth::library_card::{FileCardBackend, build};
+use crate::error::StartError;
+use crate::server::bind;
 use policy::pseudonym::PseudonymKey;
 use proxy::Scheme;
 
@@ -132,26 +134,111 @@ pub struct DemoOptions {
     pub admin_listen: SocketAddr,
 }
 
-/// Starts the demo and returns the running gateway and the cards.
-pub async fn start(
-    opts: DemoOptions,
-    policy_dir: PathBuf,
-) -> Result<(crate::server::Running, Vec<DemoCard>, String), String> {
-    let (policy, _warnings) = policy::load_dir(&policy_dir).map_err(|e| {
-        format!(
-            "the demo policy in {} does not load:\n{e}",
-            policy_dir.display()
+/// The demo county's policy (`demo/policy/` in the repository), built into the binary so
+/// that `portvakt demo` needs no files.
+pub const POLICY_FILES: [(&str, &str); 4] = [
+    (
+        "entitlements.toml",
+        include_str!("../../demo/policy/entitlements.toml"),
+    ),
+    ("groups.toml", include_str!("../../demo/policy/groups.toml")),
+    (
+        "institutions.toml",
+        include_str!("../../demo/policy/institutions.toml"),
+    ),
+    (
+        "services.toml",
+        include_str!("../../demo/policy/services.toml"),
+    ),
+];
+
+/// Where the demo's policy is read from.
+enum PolicyDir {
+    /// A directory the operator named (`--policy`).
+    Given(PathBuf),
+    /// The bundled policy, written to a temporary directory for as long as the demo runs,
+    /// so that it can be edited and reloaded like any other.
+    Bundled(tempfile::TempDir),
+}
+
+impl PolicyDir {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Given(p) => p,
+            Self::Bundled(d) => d.path(),
+        }
+    }
+}
+
+/// A running demo: the gateway, its cards, and the policy directory it runs on.
+pub struct Demo {
+    pub running: crate::server::Running,
+    pub cards: Vec<DemoCard>,
+    /// `bib.localhost:<port>`.
+    pub public_host: String,
+    policy_dir: PolicyDir,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("public_host", &self.public_host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Demo {
+    /// The text `portvakt demo` prints.
+    pub fn banner(&self) -> String {
+        banner(
+            &self.public_host,
+            self.running.admin_addr,
+            &self.cards,
+            self.policy_dir.path(),
         )
-    })?;
+    }
+
+    /// Runs until `stop` resolves, then stops the gateway (and removes the bundled
+    /// policy's temporary directory).
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
+        crate::server::run_until(self.running, stop).await;
+    }
+}
+
+fn demo_failed(what: &str, e: impl std::fmt::Display) -> StartError {
+    StartError::Demo(format!("{what}: {e}"))
+}
+
+/// Starts the demo on the bundled policy, or on `policy` when given.
+pub async fn start(opts: DemoOptions, policy: Option<PathBuf>) -> Result<Demo, StartError> {
+    let policy_dir = match policy {
+        Some(dir) => PolicyDir::Given(dir),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("portvakt-demo-policy-")
+                .tempdir()
+                .map_err(|e| demo_failed("cannot write the demo policy", e))?;
+            for (name, text) in POLICY_FILES {
+                std::fs::write(dir.path().join(name), text)
+                    .map_err(|e| demo_failed("cannot write the demo policy", e))?;
+            }
+            PolicyDir::Bundled(dir)
+        }
+    };
+    let (policy, _warnings) =
+        policy::load_dir(policy_dir.path()).map_err(|error| StartError::Policy {
+            dir: policy_dir.path().to_path_buf(),
+            error,
+        })?;
 
     let today = policy::oslo_today(jiff::Timestamp::now());
     let cards = demo_cards(today);
     let acs = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| format!("cannot start the demo library system: {e}"))?;
+        .map_err(|e| demo_failed("cannot start the demo library system", e))?;
     let acs_addr = acs
         .local_addr()
-        .map_err(|e| format!("cannot start the demo library system: {e}"))?;
+        .map_err(|e| demo_failed("cannot start the demo library system", e))?;
     let patrons = cards.iter().map(|c| c.patron.clone()).collect();
     tokio::spawn(async move {
         let _ = serve_acs(
@@ -208,31 +295,27 @@ pub async fn start(
         institution_id: Some("VESTFOLD".into()),
         ..FileCardBackend::default()
     };
-    let verifier = build(&backend, &policy_dir).map_err(|e| e.join("; "))?;
+    let verifier = build(&backend, policy_dir.path()).map_err(StartError::CardBackends)?;
     let verifiers: HashMap<String, _> = libraries
         .into_iter()
         .map(|l| (l, verifier.clone()))
         .collect();
 
-    let public = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e} (try --port)", opts.listen))?;
-    let admin = TcpListener::bind(opts.admin_listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {}: {e} (try --admin-port)",
-            opts.admin_listen
-        )
-    })?;
-    let port = public.local_addr().map_err(|e| e.to_string())?.port();
+    let public = bind(opts.listen, "", " (try --port)").await?;
+    let admin = bind(opts.admin_listen, " (admin)", " (try --admin-port)").await?;
+    let port = public
+        .local_addr()
+        .map_err(|e| demo_failed("cannot listen", e))?
+        .port();
     let public_host = format!("bib.localhost:{port}");
 
     let mut session_key = [0u8; 32];
-    getrandom::fill(&mut session_key).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut session_key).map_err(StartError::Random)?;
     let clock: Arc<dyn store::Clock> = Arc::new(store::SystemClock);
     // A fresh signing key for the demo's SAML and OIDC services, never written to disk.
-    let (key_pem, cert_pem) = federation::SigningKey::generate_pem().map_err(|e| e.to_string())?;
+    let (key_pem, cert_pem) = federation::SigningKey::generate_pem()?;
     let signing = crate::app::Signing {
-        key: federation::SigningKey::from_pem(&key_pem, &cert_pem).map_err(|e| e.to_string())?,
+        key: federation::SigningKey::from_pem(&key_pem, &cert_pem)?,
         previous: Vec::new(),
         saml_entity_id: None,
         saml_scope: None,
@@ -242,20 +325,19 @@ pub async fn start(
         None,
         std::time::Duration::from_secs(1),
         clock.clone(),
-        &crate::launch::usage_salt_key(DEMO_PSEUDONYM_KEY)?,
-    )
-    .map_err(|e| e.to_string())?;
+        &crate::app::usage_salt_key(DEMO_PSEUDONYM_KEY).ok_or(StartError::UsageKey)?,
+    )?;
     let app = App::new(AppParts {
         usage,
         statisticians,
         k_anonymity: 5,
         signing: Some(signing),
         policy,
-        policy_dir,
-        store: crate::launch::memory_store(&clock),
+        policy_dir: policy_dir.path().to_path_buf(),
+        store: crate::app::memory_store(&clock),
         clock,
         verifiers,
-        pseudonym_key: PseudonymKey::new(DEMO_PSEUDONYM_KEY).map_err(|e| e.to_string())?,
+        pseudonym_key: PseudonymKey::new(DEMO_PSEUDONYM_KEY)?,
         session_key,
         public_host: public_host.clone(),
         public_scheme: Scheme::Http,
@@ -264,16 +346,22 @@ pub async fn start(
         upstream_settings: Default::default(),
         feide: None,
     })?;
-    let running = crate::server::start(app, public, admin, None).map_err(|e| e.to_string())?;
+    let running = crate::server::start(app, public, admin, None)
+        .map_err(|e| demo_failed("cannot start the gateway", e))?;
     let gateway_url = format!("http://{public_host}");
     spawn_federated(saml_sp, oidc_rp, &gateway_url, port, &cert_pem).await;
-    Ok((running, cards, public_host))
+    Ok(Demo {
+        running,
+        cards,
+        public_host,
+        policy_dir,
+    })
 }
 
 /// The demo statistician's API key (it sees every library and school of the demo).
 pub const DEMO_STATISTICIAN_KEY: &str = "demo-statistikk";
 
-fn demo_statisticians() -> Result<usage::Statisticians, String> {
+fn demo_statisticians() -> Result<usage::Statisticians, StartError> {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(DEMO_STATISTICIAN_KEY.as_bytes());
     usage::Statisticians::check(&[usage::FileStatistician {
         name: "Demo".into(),
@@ -285,7 +373,7 @@ fn demo_statisticians() -> Result<usage::Statisticians, String> {
             "vestfold-vgs".into(),
         ],
     }])
-    .map_err(|p| format!("the demo statistician: {p:?}"))
+    .map_err(|p| demo_failed("the demo statistician", format!("{p:?}")))
 }
 
 /// The client secret of the demo OIDC vendor; its SHA-256 is in the demo policy.
@@ -346,7 +434,7 @@ async fn spawn_federated(
 }
 
 /// The text `portvakt demo` prints.
-pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> String {
+fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard], policy: &Path) -> String {
     let today = policy::oslo_today(jiff::Timestamp::now());
     let mut s = String::new();
     s.push_str("Portvakt demo — alt kjører lokalt / everything runs on loopback\n\n");
@@ -384,6 +472,10 @@ pub fn banner(public_host: &str, admin: SocketAddr, cards: &[DemoCard]) -> Strin
             c.library, c.card, c.pin, c.shows
         ));
     }
+    s.push_str(&format!(
+        "\n  Policy:       {}   (edit it, then POST /reload on the admin port)\n",
+        policy.display()
+    ));
     s.push_str("\n  Try a wrong PIN too. Walk-in and on-site access: `portvakt decide --ip 192.0.2.70 ...`\n");
     s.push_str("  Stop with Ctrl-C.\n");
     s

@@ -1,9 +1,10 @@
 //! Listeners and connections: plain TCP or TLS (rustls), HTTP/1.1 and HTTP/2 on each, the
 //! public and admin routers, SIGHUP reload and graceful shutdown.
 //!
-//! The public listener dispatches on the Host header: `public_host` gets the patron pages;
-//! `<label>.<public_host>` is a service host (proxied in a later version); any other host
-//! gets 404, so the gateway never acts for a host it does not own.
+//! The public listener dispatches on the Host header: `public_host` gets the patron pages
+//! (`routes::public`); `<label>.<public_host>` is a service host, proxied
+//! (`routes::service_host`); any other host gets 404, so the gateway never acts for a host
+//! it does not own.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -22,13 +23,30 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::app::App;
-use crate::pages;
-use crate::pipeline::{self, Peer};
+use crate::error::StartError;
+use crate::routes;
+use crate::web::{Peer, pages};
 
 /// Headers larger than this are refused (hyper answers 431) before any handler runs.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// A TLS handshake that takes longer is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds a listener, or says which one could not.
+pub async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr,
+            what,
+            hint,
+            source,
+        })
+}
 
 /// A running gateway: its bound addresses and a way to stop it.
 #[derive(Debug)]
@@ -68,7 +86,7 @@ pub fn start(
     let admin_addr = admin.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let public_router = public_handler(app.clone());
-    let admin_router = router_handler(crate::admin::router(app.clone()));
+    let admin_router = router_handler(routes::admin(app.clone()));
     let usage = app.usage.clone();
     let flusher = usage.spawn_flusher();
     let tasks = vec![
@@ -147,7 +165,7 @@ type BoxedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// The public listener: [`dispatch`] by host, the login host's pages through their router.
 fn public_handler(app: Arc<App>) -> Handler {
-    let pages = pipeline::router(app.clone());
+    let pages = routes::public(app.clone());
     Arc::new(move |req, peer| dispatch(&app, &pages, req, peer))
 }
 
@@ -215,7 +233,7 @@ fn dispatch(app: &Arc<App>, pages: &Router, req: Request<Body>, peer: SocketAddr
             Box::pin(async move { pages.oneshot(req).await.into_response() })
         }
         Some(To::Service(label)) => {
-            Box::pin(crate::service_host::handle(app.clone(), label, req, peer))
+            Box::pin(routes::service_host::handle(app.clone(), label, req, peer))
         }
     }
 }

@@ -62,7 +62,7 @@ path = "patrons.toml"
         );
         let config = gateway::config::Config::parse("portvakt.toml", &config, dir.path()).unwrap();
         let public = rt.block_on(async {
-            let app = gateway::launch::build_app(&config).unwrap();
+            let app = gateway::start::build_app(&config).unwrap();
             let p = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let running = gateway::server::start(app, p, a, None).unwrap();

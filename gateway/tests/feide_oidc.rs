@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use gateway::app::{App, AppParts};
-use gateway::auth::feide::{FeideClient, FeideSettings};
+use gateway::auth::feide::FeideClient;
+use gateway::config::feide::FeideSettings;
 use http::Reply;
 use jiff::civil::date;
 use policy::ids::InstitutionId;
@@ -204,7 +205,7 @@ async fn gateway_with(feide: Option<FeideSettings>) -> Gateway {
         signing: None,
         policy,
         policy_dir,
-        store: gateway::launch::memory_store(&clock),
+        store: gateway::app::memory_store(&clock),
         clock,
         verifiers: HashMap::new(),
         pseudonym_key: PseudonymKey::new(&[1u8; 32]).unwrap(),

@@ -50,7 +50,7 @@ struct TestState {
     subject: Subject,
 }
 
-/// The pipeline's part, reduced to what the provider needs: a logged-in patron, the
+/// The gateway's part (`routes::idp`), reduced to what the provider needs: a logged-in patron, the
 /// decision, the release, the code.
 async fn authorize(State(ts): State<Arc<TestState>>, RawQuery(q): RawQuery) -> Response {
     let params: AuthorizeParams =

@@ -169,7 +169,7 @@ path = "patrons.toml"
     );
     let config = gateway::config::Config::parse("portvakt.toml", &config, dir.path()).unwrap();
     let running = rt.block_on(async {
-        let app = gateway::launch::build_app(&config).unwrap();
+        let app = gateway::start::build_app(&config).unwrap();
         gateway::server::start(app, public, admin, None).unwrap()
     });
     let (gateway, admin) = (running.public_addr, running.admin_addr);

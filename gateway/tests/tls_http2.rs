@@ -40,7 +40,7 @@ async fn start(tls: bool) -> Started {
         signing: None,
         policy,
         policy_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/policy"),
-        store: gateway::launch::memory_store(&clock),
+        store: gateway::app::memory_store(&clock),
         clock,
         verifiers: HashMap::new(),
         pseudonym_key: PseudonymKey::new(&[1u8; 32]).unwrap(),

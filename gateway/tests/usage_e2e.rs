@@ -133,7 +133,7 @@ institutions = ["{B}"]
     // 15 October 2026, 10:00 in Oslo.
     let clock = Arc::new(ManualClock::new("2026-10-15T08:00:00Z".parse().unwrap()));
     let running = rt.block_on(async {
-        let app = gateway::launch::build_app_with_clock(&config, clock.clone()).unwrap();
+        let app = gateway::start::build_app_with_clock(&config, clock.clone()).unwrap();
         gateway::server::start(app, public, admin, None).unwrap()
     });
     let gateway = running.public_addr;

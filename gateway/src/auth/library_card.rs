@@ -16,133 +16,18 @@
 pub mod file;
 pub mod http;
 pub mod sip2;
+pub mod verifier;
 
 use std::collections::HashMap;
-use std::fmt;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+pub use self::verifier::{CardOutcome, PatronInfo, PatronVerifier, VerifyError, VerifyFuture};
+use self::verifier::{error_chain, read_secret};
+pub use crate::config::card_backend::FileCardBackend;
 use policy::ids::InstitutionId;
 use policy::subject::Age;
-
-/// The future [`PatronVerifier::verify`] returns, boxed so the trait stays dyn-compatible.
-pub type VerifyFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<CardOutcome, VerifyError>> + Send + 'a>>;
-
-/// Checks a card and PIN against one library system.
-pub trait PatronVerifier: Send + Sync + fmt::Debug {
-    /// Asks about `card` and `pin` as the patron typed them. `library` is the institution the
-    /// patron chose on the login page (its policy id); a backend serving several institutions
-    /// (the http one) passes it on, a single-library one (sip2, file) ignores it.
-    fn verify<'a>(
-        &'a self,
-        library: &'a InstitutionId,
-        card: &'a str,
-        pin: &'a str,
-    ) -> VerifyFuture<'a>;
-}
-
-/// What the library system said about a card and PIN.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CardOutcome {
-    /// The card and PIN are right and the card may be used.
-    Accepted(PatronInfo),
-    /// The card is unknown or the PIN is wrong; the two are never told apart.
-    WrongCardOrPin,
-    /// Right card and PIN, but the card is reported lost (`lost`) or otherwise barred.
-    Blocked { lost: bool },
-}
-
-/// What an accepted login tells about the patron.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PatronInfo {
-    pub age: Age,
-    /// The home library as the library system gave it (an id, a bare library number or an
-    /// alias); the caller resolves it through `Policy::institution`.
-    pub home_library: Option<String>,
-}
-
-impl fmt::Debug for PatronInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Age's own Debug hides the date; the home library is shown only as present or not,
-        // since together with an age it narrows a person down.
-        f.debug_struct("PatronInfo")
-            .field("age", &self.age)
-            .field(
-                "home_library",
-                &self.home_library.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-/// Why a check got no outcome. Shown to the patron as "the library system is not
-/// answering"; the reason (for logs and metrics) never carries personal data.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error("the library system is not answering")]
-    Unavailable(String),
-}
-
-impl VerifyError {
-    /// The reason for the log, such as "timeout" or "status 503".
-    pub fn reason(&self) -> &str {
-        match self {
-            Self::Unavailable(reason) => reason,
-        }
-    }
-}
-
-/// One `[[card_backend]]` section of `portvakt.toml`, as written. [`build`] checks it.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCardBackend {
-    /// `"sip2"`, `"http"` or `"file"`.
-    pub kind: String,
-    /// The institutions whose cards this backend checks (ids, bare numbers or aliases).
-    pub institutions: Vec<String>,
-
-    /// sip2: `host:port` of the ACS.
-    pub addr: Option<String>,
-    /// sip2: TLS to the ACS. Default false.
-    pub tls: Option<bool>,
-    /// sip2, with `tls`: a PEM file of extra CA certificates to trust besides the Mozilla
-    /// roots (a library system's own CA).
-    pub tls_ca_file: Option<PathBuf>,
-    /// sip2, with `tls`: the name the ACS's certificate must carry. Default: the host of
-    /// `addr`.
-    pub tls_server_name: Option<String>,
-    /// sip2: `CN` of message 93; needs `login_password_file`.
-    pub login_user: Option<String>,
-    /// sip2: file holding `CO` of message 93 (one trailing newline is dropped).
-    pub login_password_file: Option<PathBuf>,
-    /// sip2: `AO`. Default empty.
-    pub institution_id: Option<String>,
-    /// sip2: `CP` of message 93.
-    pub location: Option<String>,
-    /// sip2: `AY`/`AZ` error detection. Default true.
-    pub checksums: Option<bool>,
-    /// sip2: `"utf-8"` (default) or `"latin1"`.
-    pub encoding: Option<String>,
-    /// sip2 and http: the longest one check may take, such as `"5s"` or `"1500ms"`.
-    /// Default 5 s.
-    pub timeout: Option<String>,
-    /// sip2: TCP connections kept open and reused. Default 2.
-    pub connections: Option<usize>,
-
-    /// http: the patron API's `http://` or `https://` URL.
-    pub url: Option<String>,
-    /// http: file holding the bearer token (one trailing newline is dropped).
-    pub token_file: Option<PathBuf>,
-
-    /// file: the TOML patron list.
-    pub path: Option<PathBuf>,
-}
 
 /// Default for `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -294,22 +179,6 @@ fn parse_timeout(s: &str) -> Option<Duration> {
 
 /// Reads a password or token file: its whole content but one trailing newline (`\n` or
 /// `\r\n`), which editors add. The content never appears in an error.
-fn read_secret(key: &str, file: &Path, base_dir: &Path) -> Result<String, String> {
-    let path = base_dir.join(file);
-    let mut s = std::fs::read_to_string(&path)
-        .map_err(|e| format!("\"{key}\": cannot read {}: {e}", path.display()))?;
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-    }
-    if s.is_empty() {
-        return Err(format!("\"{key}\": {} is empty", path.display()));
-    }
-    Ok(s)
-}
-
 fn sip2_backend(
     cfg: &FileCardBackend,
     base_dir: &Path,
@@ -512,19 +381,6 @@ fn from_sip2(verdict: sip2::Sip2Verdict) -> CardOutcome {
         sip2::Sip2Verdict::WrongCardOrPin => CardOutcome::WrongCardOrPin,
         sip2::Sip2Verdict::Blocked { lost } => CardOutcome::Blocked { lost },
     }
-}
-
-/// An error and its sources, `a: b: c`. Only for errors known to carry no personal data
-/// (the sip2 and i/o errors do not).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

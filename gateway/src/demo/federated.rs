@@ -169,7 +169,7 @@ fn random_token() -> Result<String, String> {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    crate::pipeline::cookie(headers, name).map(str::to_owned)
+    crate::web::cookies::read(headers, name).map(str::to_owned)
 }
 
 fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: u32) {

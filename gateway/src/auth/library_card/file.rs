@@ -23,7 +23,8 @@ use jiff::civil::Date;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{CardOutcome, FileCardBackend, PatronInfo, PatronVerifier, VerifyFuture};
+use super::verifier::{CardOutcome, PatronInfo, PatronVerifier, VerifyFuture};
+use crate::config::card_backend::FileCardBackend;
 use policy::ids::InstitutionId;
 use policy::subject::{Age, normalize_card};
 

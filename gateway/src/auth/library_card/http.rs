@@ -27,10 +27,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-use super::{
-    CardOutcome, FileCardBackend, PatronInfo, PatronVerifier, VerifyError, VerifyFuture,
-    read_secret,
+use super::verifier::{
+    CardOutcome, PatronInfo, PatronVerifier, VerifyError, VerifyFuture, error_chain, read_secret,
 };
+use crate::config::card_backend::FileCardBackend;
 use policy::ids::InstitutionId;
 use policy::subject::Age;
 
@@ -155,7 +155,7 @@ impl HttpVerifier {
             .client
             .request(request)
             .await
-            .map_err(|e| unavailable(format!("request failed: {}", super::error_chain(&e))))?;
+            .map_err(|e| unavailable(format!("request failed: {}", error_chain(&e))))?;
         let status = response.status();
         if !status.is_success() {
             return Err(unavailable(format!("status {}", status.as_u16())));

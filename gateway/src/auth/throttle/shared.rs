@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::{Limits, PENDING_TTL, ThrottleError, ThrottleSettings};
+use super::rules::{Limits, PENDING_TTL, ThrottleError, ThrottleSettings};
 use policy::subject::normalize_card;
 use store::redis::{KeyHasher, PREFIX, RedisConn, unix_ms};
 use store::{Clock, StoreError};

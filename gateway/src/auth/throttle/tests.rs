@@ -1,6 +1,7 @@
 //! The throttle's numbers, driven by an instant passed in: no test sleeps.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use super::*;
 

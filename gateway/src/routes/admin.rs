@@ -3,28 +3,22 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
 use crate::app::App;
 use crate::telemetry;
 
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/reload", post(reload))
-        .with_state(app)
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 /// Ready when a policy is loaded (always, once running) and the store answers. A Redis
 /// store that went away makes this 503 until it is back; the connection is made again by
 /// itself, and this check is one of the things that make it try.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let result = app.store.ping().await;
     app.metrics.set(
         telemetry::STORE_UP,
@@ -41,7 +35,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Some(c) = app.store.counters() {
         app.metrics
             .set(telemetry::STORE_ERRORS, &[], c.errors() as f64);
@@ -77,7 +71,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 /// `POST /reload`: 200 and the summary (and warnings), or 422 with every error while
 /// the previous policy stays in force.
-async fn reload(State(app): State<Arc<App>>) -> Response {
+pub async fn reload(State(app): State<Arc<App>>) -> Response {
     let result = tokio::task::spawn_blocking({
         let app = app.clone();
         move || app.reload()

@@ -187,6 +187,12 @@ pub fn language(headers: &HeaderMap, query_lang: Option<&str>) -> &'static Texts
     }
 }
 
+/// The link to the same page in the other language.
+pub fn other_lang_href(t: &Texts, base: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}lang={}", t.other_lang)
+}
+
 /// Whether the client asked for JSON rather than a page.
 pub fn wants_json(headers: &HeaderMap) -> bool {
     headers
@@ -256,6 +262,50 @@ pub fn deny_message(t: &Texts, reason: DenyReason) -> &'static str {
     } else {
         reason.message_nb()
     }
+}
+
+/// The page texts of a Feide login, in one language.
+#[derive(Debug)]
+pub struct FeideTexts {
+    pub button: &'static str,
+    pub title: &'static str,
+    pub down: &'static str,
+    pub failed: &'static str,
+    pub expired: &'static str,
+    pub cancelled: &'static str,
+    pub unknown_school: &'static str,
+    pub no_role: &'static str,
+    /// On the start page, before the institution's name.
+    pub logged_in: &'static str,
+}
+
+pub static FEIDE_NB: FeideTexts = FeideTexts {
+    button: "Logg inn med Feide",
+    title: "Innlogging med Feide",
+    down: "Feide svarer ikke akkurat nå. Prøv igjen om litt.",
+    failed: "Innloggingen med Feide kunne ikke fullføres. Prøv igjen om litt.",
+    expired: "Innloggingen var utløpt eller allerede brukt. Prøv å logge inn på nytt.",
+    cancelled: "Du avbrøt innloggingen med Feide.",
+    unknown_school: "Skolen din er ikke med i denne tjenesten.",
+    no_role: "Feide-brukeren din gir ikke tilgang her. Tjenestene er for elever og ansatte ved skolene som er med.",
+    logged_in: "Du er logget inn med Feide fra",
+};
+
+pub static FEIDE_EN: FeideTexts = FeideTexts {
+    button: "Log in with Feide",
+    title: "Logging in with Feide",
+    down: "Feide is not answering right now. Please try again in a little while.",
+    failed: "The login with Feide could not be completed. Please try again in a little while.",
+    expired: "This login has expired or has already been used. Please log in again.",
+    cancelled: "You cancelled the login with Feide.",
+    unknown_school: "Your school is not part of this service.",
+    no_role: "Your Feide user does not give access here. The services are for students and staff of the schools taking part.",
+    logged_in: "You are logged in with Feide from",
+};
+
+/// The Feide texts in the page's language.
+pub fn feide_texts(t: &Texts) -> &'static FeideTexts {
+    if t.lang == "en" { &FEIDE_EN } else { &FEIDE_NB }
 }
 
 /// Renders a template; a template error (which compiled templates make all but
