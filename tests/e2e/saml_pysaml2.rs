@@ -6,8 +6,7 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[path = "support/federation.rs"]
-mod federation_support;
+use crate::support::federation as federation_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,7 +43,7 @@ fn sp(f: &Fixture, service: &str) -> SamlSettings {
 }
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/saml_sp.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/saml_sp.py")
 }
 
 /// Runs the peer; `Ok(json)` on exit 0, `Err(json)` when pysaml2 refused.

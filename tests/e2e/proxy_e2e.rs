@@ -6,11 +6,8 @@
 
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "support/origin.rs"]
-mod origin;
+use crate::support::http;
+use crate::support::origin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

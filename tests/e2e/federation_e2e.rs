@@ -5,9 +5,7 @@
 
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
+use crate::support::http;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! Starts `tests/peers/sip2_acs.py` (pysip2) on a free loopback port. Shared by the test
-//! files through `#[path]`; a missing pysip2 fails the test with the install command.
+//! Starts `tests/peers/sip2_acs.py` (pysip2) on a free loopback port. A missing pysip2
+//! fails the test with the install command.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ pub fn start_sip2_peer(patrons_json: &str, args: &[&str]) -> Sip2Peer {
         .unwrap()
         .write_all(patrons_json.as_bytes())
         .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/sip2_acs.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/sip2_acs.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(&patrons)

@@ -1,7 +1,5 @@
 //! Looking for personal data in what the gateway wrote.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 
 /// Whether `needle` occurs in `haystack` as a whole token: not inside a longer run of

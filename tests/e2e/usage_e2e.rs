@@ -7,13 +7,9 @@
 
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "support/origin.rs"]
-mod origin;
-#[path = "support/privacy.rs"]
-mod privacy;
+use crate::support::http;
+use crate::support::origin;
+use crate::support::privacy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

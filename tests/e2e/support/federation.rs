@@ -1,8 +1,5 @@
 //! A policy with SAML and OIDC services, signing keys, and a patron, shared by the
-//! federation tests through `#[path]`.
-
-// Each test file uses a part of it.
-#![allow(dead_code)]
+//! federation tests.
 
 use std::path::{Path, PathBuf};
 

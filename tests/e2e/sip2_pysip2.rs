@@ -5,8 +5,7 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[path = "support/sip2_peer.rs"]
-mod sip2_peer;
+use crate::support::sip2_peer;
 
 use sip2_peer::Sip2Peer as Peer;
 

@@ -6,13 +6,9 @@
 
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "support/origin.rs"]
-mod origin;
-#[path = "support/privacy.rs"]
-mod privacy;
+use crate::support::http;
+use crate::support::origin;
+use crate::support::privacy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -39,7 +35,7 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        let mut child = Command::new(crate::support::PORTVAKT)
             .args(["serve", "--config"])
             .arg(dir.join("portvakt.toml"))
             .env("RUST_LOG", "info")

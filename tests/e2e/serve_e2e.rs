@@ -6,15 +6,10 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "support/privacy.rs"]
-mod privacy;
-#[path = "support/reaper.rs"]
-mod reaper;
-#[path = "support/sip2_peer.rs"]
-mod sip2_peer;
+use crate::support::http;
+use crate::support::privacy;
+use crate::support::reaper;
+use crate::support::sip2_peer;
 
 use privacy::contains_token;
 
@@ -129,7 +124,7 @@ timeout = "1s"
         peer.addr
     );
     std::fs::write(dir.path().join("portvakt.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+    let mut child = Command::new(crate::support::PORTVAKT)
         .args(["serve", "--config"])
         .arg(dir.path().join("portvakt.toml"))
         .env("RUST_LOG", "debug")

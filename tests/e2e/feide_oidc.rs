@@ -15,9 +15,7 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[allow(dead_code)]
-#[path = "support/http.rs"]
-mod http;
+use crate::support::http;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -93,7 +91,7 @@ struct Peer {
 }
 
 fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
 fn start_peer() -> Peer {

@@ -1,8 +1,8 @@
-#![cfg(test)]
 //! What survives when the process that counts is killed: a child (this test binary run
-//! again as the `child` test, with the data directory in an environment variable) counts
-//! one proxied request a millisecond with a 100 ms flush interval and prints its running
-//! total; the parent kills it with SIGKILL or SIGTERM and reads back what is on disk.
+//! again as the `usage_crash::child` test, with the data directory in an environment
+//! variable) counts one proxied request a millisecond with a 100 ms flush interval and
+//! prints its running total; the parent kills it with SIGKILL or SIGTERM and reads back
+//! what is on disk.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -79,7 +79,12 @@ struct Child {
 
 fn start(dir: &Path) -> Child {
     let mut proc = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "usage_crash::child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn portvakt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portvakt"))
+    Command::new(crate::support::PORTVAKT)
         .args(args)
         .output()
         .expect("portvakt runs")
@@ -320,7 +320,7 @@ fn keys_generate_makes_private_files_once() {
 fn serve_refuses_to_start_without_keys_or_on_a_broken_policy() {
     let dir = tempfile::tempdir().unwrap();
     // No config file at all: every default, and one line on the missing key.
-    let r = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+    let r = Command::new(crate::support::PORTVAKT)
         .arg("serve")
         .current_dir(dir.path())
         .output()
@@ -371,9 +371,11 @@ fn serve_refuses_to_start_without_keys_or_on_a_broken_policy() {
 #[test]
 fn the_demo_runs_and_a_demo_card_logs_in() {
     use std::io::{BufRead, BufReader, Read, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portvakt"))
-        .args(["demo", "--port", "0", "--admin-port", "0", "--policy"])
-        .arg(demo_policy())
+    // From a directory with no files at all: the demo brings its own policy.
+    let empty = tempfile::tempdir().unwrap();
+    let mut child = Command::new(crate::support::PORTVAKT)
+        .args(["demo", "--port", "0", "--admin-port", "0"])
+        .current_dir(empty.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -392,9 +394,29 @@ fn the_demo_runs_and_a_demo_card_logs_in() {
                 .to_owned();
         }
     };
-    for line in lines.by_ref().take(12) {
-        banner.push_str(&line.unwrap());
+    // Up to the line that names the policy directory, which comes after the cards.
+    for line in lines.by_ref().take(40) {
+        let line = line.unwrap();
+        banner.push_str(&line);
         banner.push('\n');
+        if line.trim().starts_with("Policy:") {
+            break;
+        }
+    }
+    // The bundled policy, written out where the banner says, to be edited and reloaded.
+    let policy_dir = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Policy:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("the banner names the policy directory:\n{banner}"));
+    for file in [
+        "institutions.toml",
+        "groups.toml",
+        "services.toml",
+        "entitlements.toml",
+    ] {
+        assert!(policy_dir.join(file).is_file(), "{file} in {banner}");
     }
     assert!(
         banner.contains("10000001") && banner.contains("1234"),
@@ -435,8 +457,43 @@ fn the_demo_runs_and_a_demo_card_logs_in() {
         "POST /login HTTP/1.1\r\nHost: {host}\r\nCookie: portvakt-login={nonce}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ));
-    let _ = child.kill();
-    let _ = child.wait();
+    // A clean stop removes the policy's temporary directory again.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = child.wait().unwrap();
     assert!(reply.starts_with("HTTP/1.1 303"), "{reply}");
     assert!(reply.contains("location: /go/lokalhistorie"), "{reply}");
+    assert!(status.success(), "{status}");
+    assert!(
+        !policy_dir.exists(),
+        "{} is left behind",
+        policy_dir.display()
+    );
+}
+
+#[test]
+fn the_demo_refuses_a_broken_policy_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), "[[service]]\nid = \"x\"\n").unwrap();
+    let out = portvakt(&[
+        "demo",
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--policy",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("a.toml:1:1: error: service \"x\": missing required key \"name\""),
+        "{stderr}"
+    );
+    // Printed as the policy's own lines, not after another "error: ".
+    assert!(!stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

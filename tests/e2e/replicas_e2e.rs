@@ -13,15 +13,10 @@
 
 #![cfg(test)]
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "support/origin.rs"]
-mod origin;
-#[path = "support/privacy.rs"]
-mod privacy;
-#[path = "support/redis.rs"]
-mod redis_server;
+use crate::support::http;
+use crate::support::origin;
+use crate::support::privacy;
+use crate::support::redis as redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -164,7 +159,7 @@ path = "patrons.toml"
 }
 
 fn serve(dir: &Path) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+    let mut child = Command::new(crate::support::PORTVAKT)
         .args(["serve", "--config"])
         .arg(dir.join("portvakt.toml"))
         .env("RUST_LOG", "info")
@@ -599,7 +594,7 @@ fn a_replica_started_while_redis_is_down_is_not_ready_until_it_answers() {
 #[test]
 fn a_malformed_redis_url_stops_the_start_with_one_line() {
     let dir = setup("http://127.0.0.1:9", "http://not-redis:6379");
-    let out = Command::new(env!("CARGO_BIN_EXE_portvakt"))
+    let out = Command::new(crate::support::PORTVAKT)
         .args(["serve", "--config"])
         .arg(dir.path().join("portvakt.toml"))
         .output()

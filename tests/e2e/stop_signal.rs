@@ -1,9 +1,9 @@
 //! `server::termination` installs its handlers when it is called, not when its future is
 //! first polled: a SIGTERM that arrives in between (the gateway has said it is serving,
 //! the orchestrator stops it at once) must end in a clean stop, not the signal's default
-//! action, which would kill the process before the usage counts are flushed. Its own test
-//! binary, because if the handlers are ever installed too late again, the SIGTERM sent
-//! here kills the whole process (which fails the test loudly).
+//! action, which would kill the process before the usage counts are flushed. If the
+//! handlers are ever installed too late again, the SIGTERM sent here kills the whole test
+//! process, which fails every test loudly.
 
 use std::process::Command;
 use std::time::Duration;

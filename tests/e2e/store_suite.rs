@@ -11,8 +11,7 @@
 
 #![cfg(test)]
 
-#[path = "support/redis.rs"]
-mod redis_server;
+use crate::support::redis as redis_server;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};

@@ -5,17 +5,14 @@
 //! There is no skipping: without `redis-server` on the PATH the test fails and says how to
 //! install it (`scripts/setup` does).
 //!
-//! Use from a test file with `#[path = "support/redis.rs"] mod redis_server;`.
-
-#![allow(dead_code)]
+//! Use from a test module with `use crate::support::redis;`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "reaper.rs"]
-mod reaper;
+use super::reaper;
 
 pub struct RedisServer {
     pub port: u16,

@@ -4,7 +4,7 @@
 //! few paths are answered with raw bytes no well-behaved server sends (a reset mid-body, a
 //! malformed response), and everything else is served by hyper, one request a connection.
 //!
-//! Use from a test file with `#[path = "support/origin.rs"] mod origin;`.
+//! Use from a test module with `use crate::support::origin;`.
 //!
 //! Paths: `/page.html` (links to itself, to the peer origin set by [`Origin::set_peer`] and
 //! to a foreign site), `/page.gz.html`, `/page.deflate.html`, `/page.rawdeflate.html`,
@@ -13,8 +13,6 @@
 //! 16 KiB chunks, produced only as fast as they are read), `/slow` (10 s before the head),
 //! `/slow-body` (a head, a chunk, then nothing), `/upload` (counts body bytes as they
 //! arrive), `/reset` (a connection reset mid-body), `/malformed`; anything else: 200 "ok".
-
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -50,7 +48,6 @@ pub const BIG_CHUNKS: usize = 2048;
 /// One request as hyper parsed it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
-    pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
 }
@@ -161,11 +158,6 @@ impl Origin {
             .expect("upload bytes did not arrive in time")
             .unwrap();
     }
-
-    /// The test page as this origin serves it.
-    pub fn page(&self) -> String {
-        page(&self.state)
-    }
 }
 
 /// The page: links to the origin itself (absolute, protocol-relative, relative), to the
@@ -269,7 +261,6 @@ async fn respond(
     upload: Arc<watch::Sender<usize>>,
 ) -> Response<Body> {
     st.requests.lock().unwrap().push(Recorded {
-        method: req.method().to_string(),
         target: req.uri().to_string(),
         headers: req
             .headers()

@@ -8,8 +8,7 @@
 
 #![cfg(test)]
 
-#[path = "support/redis.rs"]
-mod redis_server;
+use crate::support::redis as redis_server;
 
 use std::collections::BTreeMap;
 use std::path::Path;

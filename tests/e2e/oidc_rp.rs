@@ -6,8 +6,7 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[path = "support/federation.rs"]
-mod federation_support;
+use crate::support::federation as federation_support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

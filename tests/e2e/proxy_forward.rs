@@ -5,8 +5,7 @@
 // Helpers here may unwrap and panic like the tests themselves: clippy exempts `cfg(test)`.
 #![cfg(test)]
 
-#[path = "support/origin.rs"]
-mod origin;
+use crate::support::origin;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -532,9 +531,7 @@ async fn serve(s: Arc<Setup>) -> SocketAddr {
     addr
 }
 
-#[path = "support/http.rs"]
-#[allow(dead_code)]
-mod client;
+use crate::support::http as client;
 
 #[tokio::test]
 async fn behind_a_server_a_reset_cuts_one_response_and_the_next_one_works() {

@@ -4,8 +4,7 @@
 
 #![cfg(test)]
 
-#[path = "support/federation.rs"]
-mod federation_support;
+use crate::support::federation as federation_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
