@@ -8,7 +8,7 @@
 //! the modules here turn exactly that [`policy::Release`] into a signed assertion or
 //! token. Nothing else about the person reaches these modules, so nothing else can leak.
 //!
-//! Choices where the spec is silent are written down in each module's docs.
+//! Choices the standards leave open are written down in each module's docs.
 
 pub mod oidc;
 pub mod saml;

@@ -19,7 +19,7 @@
 //!
 //! JWTs are signed with `jsonwebtoken` (its pure-Rust `rust_crypto` backend, RS256).
 //!
-//! # Choices where the spec is silent
+//! # Choices the standards leave open
 //!
 //! - Only the code travels through the browser; the claims stay in the store (a
 //!   [`TicketKind::OidcCode`] ticket) until the token endpoint hands them to the client.

@@ -28,7 +28,7 @@
 //! samael's `UrlVerifier` re-encodes the query parameters instead of using the bytes the SP
 //! signed, and panics on a missing or unknown `SigAlg`.
 //!
-//! # Choices where the spec is silent
+//! # Choices the standards leave open
 //!
 //! - Both signatures use RSA-SHA256 with SHA-256 digests, exclusive c14n. The assertion is
 //!   signed first, on its own, then placed in the response, which is signed last; exclusive
@@ -71,7 +71,7 @@ use policy::ids::ServiceId;
 use policy::release::Value;
 use policy::{Access, Attribute, Policy, Release, SamlSettings};
 
-/// How long an assertion is good for: the spec's upper bound.
+/// How long an assertion is good for: the upper bound `docs/vendors.md` promises.
 pub const ASSERTION_LIFETIME: SignedDuration = SignedDuration::from_secs(300);
 
 /// The largest AuthnRequest accepted, before and after inflating: real ones are a few KiB.

@@ -352,7 +352,7 @@ fn run_decide(args: &DecideArgs<'_>, err: &mut dyn Write) -> Result<(String, i32
     ))
 }
 
-/// Renders a decision as the JSON object of interfaces.md, with its exit code.
+/// Renders a decision as the JSON object `docs/policy.md` describes, with its exit code.
 pub fn render(
     policy: &Policy,
     subject: &Subject,

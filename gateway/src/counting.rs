@@ -1,7 +1,7 @@
 //! Where the request path meets usage counting: who an event is credited to, and a
 //! response body that counts the bytes a proxied request sends back.
 //!
-//! What is counted where (see "Usage counters" in interfaces.md):
+//! What is counted where (`docs/statistics.md` has it for statisticians):
 //!
 //! - `logins`: a successful card or Feide login, credited to the institution the patron
 //!   logged in at (the library chosen on the form; the school of the Feide realm), with the

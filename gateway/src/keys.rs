@@ -11,7 +11,7 @@
 //!
 //! A raw key file's whole content is the key, with no trimming or decoding
 //! ([`read_key_file`]), so a trailing newline added by an editor is part of the key: the
-//! interface spec says so, and it keeps two replicas from disagreeing about a key.
+//! operating guide says so, and it keeps two replicas from disagreeing about a key.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};

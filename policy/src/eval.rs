@@ -1,5 +1,5 @@
 //! The decision: a pure, synchronous function of the policy, a subject, a service, the
-//! client's address and the instant (policy.md, "The decision").
+//! client's address and the instant (`docs/policy.md`, "The decision").
 //!
 //! It allocates nothing on the common path: candidates are walked in place, every lookup
 //! is a hash probe on ids resolved at load time, and "today" is one time-zone conversion.
@@ -215,7 +215,7 @@ impl Decision {
     }
 }
 
-/// The decision of policy.md: permit through exactly one institution, or deny with exactly
+/// The decision of `docs/policy.md`: permit through exactly one institution, or deny with exactly
 /// one reason.
 pub fn decide(
     policy: &Policy,

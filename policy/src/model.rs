@@ -98,7 +98,7 @@ pub enum Location {
     Onsite,
 }
 
-/// An attribute a vendor may receive (policy.md, Release).
+/// An attribute a vendor may receive (`docs/policy.md`, Release).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Attribute {
     Pseudonym,

@@ -4,7 +4,7 @@
 //! One hash map per prefix length that occurs, probed from the longest length down. Real
 //! policies use a handful of distinct lengths, so a lookup is a few masked hash probes,
 //! independent of how many networks there are. Entries are inserted in institution-id
-//! order and the first one wins, which is the spec's tie rule (the smallest id).
+//! order and the first one wins, which is the policy's tie rule (the smallest id).
 
 use std::net::IpAddr;
 

@@ -1,5 +1,5 @@
 //! What a vendor learns about a permitted person: the service's `release` list, turned
-//! into values (policy.md, Release). Nothing outside that list is ever produced here, so
+//! into values (`docs/policy.md`, Release). Nothing outside that list is ever produced here, so
 //! every access mode that sends attributes gets them from this one place.
 
 use jiff::civil::Date;

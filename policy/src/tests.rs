@@ -190,7 +190,7 @@ fn disabled_service_is_suspended_even_where_entitled() {
 }
 
 #[test]
-fn deny_reason_names_statuses_and_metrics_follow_the_spec() {
+fn deny_reason_names_statuses_and_metrics_follow_the_policy_reference() {
     let names: Vec<&str> = DenyReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(
         names,
@@ -2884,7 +2884,7 @@ mod props {
         )
     }
 
-    // --- A reference model of policy.md, written from the spec -------------------------
+    // --- A reference model of docs/policy.md, written from its text -------------------------
 
     fn onsite_of(m: &Model, octet: Option<u8>) -> Option<usize> {
         let x = octet?;
@@ -3249,7 +3249,7 @@ mod props {
     proptest! {
         #![proptest_config(config())]
 
-        /// The engine agrees with a direct reading of policy.md on every generated case.
+        /// The engine agrees with a direct reading of docs/policy.md on every generated case.
         #[test]
         fn decide_matches_the_reference_model(c in case()) {
             let p = build(&c.model);

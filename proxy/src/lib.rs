@@ -325,7 +325,7 @@ pub fn release_headers<'a>(
 }
 
 /// `x-portvakt-<name>`: the header for a released attribute. `age_over_18` becomes
-/// `X-Portvakt-Age-Over-18` (title case per `_`-separated word, as the spec writes it;
+/// `X-Portvakt-Age-Over-18` (title case per `_`-separated word, as `docs/vendors.md` writes it;
 /// on the wire header names are case-insensitive and HTTP/2 lowercases them anyway).
 pub fn release_header_name(attribute: &str) -> String {
     let words: Vec<String> = attribute

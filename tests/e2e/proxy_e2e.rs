@@ -416,7 +416,7 @@ fn hosts_are_told_apart_whatever_their_case() {
 }
 
 /// A service for on-site use only is decided on service-host requests by the patron's
-/// address as the spec reads it: the connection's peer, or `X-Forwarded-For` only from a
+/// address as `docs/operating.md` defines it: the connection's peer, or `X-Forwarded-For` only from a
 /// trusted proxy. In the library it is served; the same session from home is refused, and
 /// so is a forged `X-Forwarded-For` from a peer that is not a trusted proxy. Neither
 /// refused request reaches the vendor.

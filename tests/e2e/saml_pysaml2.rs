@@ -192,7 +192,7 @@ fn check_release_only(f: &Fixture, service: &str, post: &PostBinding, seen: &Val
     if !allowed.contains(&"institution_name") {
         assert!(!xml.contains("Sandefjord"));
     }
-    // Both signed, as the spec promises (pysaml2 was also told to insist).
+    // Both signed, as `docs/vendors.md` promises (pysaml2 was also told to insist).
     assert_eq!(seen["response_signed"], true);
     assert_eq!(seen["assertion_signed"], true);
     assert_eq!(xml.matches("SignatureValue>").count(), 4, "two signatures");

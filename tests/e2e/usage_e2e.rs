@@ -349,7 +349,7 @@ fn real_traffic_gives_exact_counts_in_both_apis() {
     let period = &rows["rows"][0]["period"];
     assert_eq!(period, "2026-10-15");
 
-    // CSV: the spec's columns, one row per count.
+    // CSV: the documented columns, one row per count.
     let csv = api(
         KEY_ALL,
         "from=2026-10-15&to=2026-10-15&period=total&by=institution,service&service=avis&metric=item_requests&format=csv",

@@ -46,7 +46,7 @@ def client(args):
                     "assertion_consumer_service": [(args.acs, BINDING_HTTP_POST)],
                 },
                 "allow_unsolicited": True,
-                # Both must be signed: the spec promises it, so the peer insists on it.
+                # Both must be signed: Portvakt's docs promise it, so the peer insists on it.
                 "want_response_signed": True,
                 "want_assertions_signed": True,
                 "authn_requests_signed": bool(getattr(args, "key", None)),

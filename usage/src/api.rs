@@ -1,4 +1,4 @@
-//! The native usage API, `GET /api/v1/usage` (interfaces.md, Usage counters), and the
+//! The native usage API, `GET /api/v1/usage` (`docs/statistics.md`), and the
 //! router that also carries SUSHI. Every request is checked whole before anything is read:
 //! a bad date, a reversed range, an unknown institution, service or metric is a 400, a
 //! missing or wrong key a 401, an institution outside the key's scope a 403, each as
@@ -383,7 +383,7 @@ fn csv_field(out: &mut String, s: &str) {
     }
 }
 
-/// CSV with the columns of interfaces.md; hidden cells are empty.
+/// CSV with the documented columns; hidden cells are empty.
 pub fn render_csv(rows: &Rows, policy: &Policy) -> String {
     let names = NameTable::new(rows, policy);
     let mut out = String::with_capacity(64 + rows.rows.len() * 80);

@@ -17,7 +17,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use policy::subject::Affiliation;
 use policy::{AgeBand, DenyReason};
 
-/// The metrics of interfaces.md, in their contract names.
+/// The metrics of `docs/statistics.md`, by their documented names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     Logins = 0,

@@ -660,9 +660,9 @@ fn schema() -> &'static Value {
     SCHEMA.get_or_init(|| {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/counter/COUNTER_SUSHI_API-5.1.json"
+            "/counter/COUNTER_SUSHI_API-5.1.json"
         ))
-        .expect("the COUNTER schema beside the repository");
+        .expect("the COUNTER schema in usage/counter/");
         // The official ISIL pattern has `{1,3,4}`, which Rust's regex rejects and
         // ECMA-262 (Annex B) reads as literal characters; we take the ECMA reading. Our
         // reports use Proprietary ids, so ISIL values never reach it.

@@ -17,7 +17,7 @@
 //!    ([`subject_for`]) through the policy's `feide_realms`, and the subject a new session,
 //!    exactly as a library-card login ends.
 //!
-//! Choices where the spec is silent:
+//! Choices the standards leave open:
 //!
 //! - **Scopes.** Default `config::feide::DEFAULT_SCOPES`: `openid`, `userid` (the stable `sub`),
 //!   `userid-feide` (the Feide name `user@realm` in `https://n.feide.no/claims/userid_sec`),
