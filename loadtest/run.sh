@@ -4,7 +4,7 @@
 #   (b) nginx     nginx as a plain reverse proxy to it,
 #   (c) portvakt  portvakt in proxy mode, with a logged-in patron's cookie,
 # each with a closed-loop run at 64 connections, a constant-rate run at a fifth of the
-# direct closed-loop throughput (the target), and a constant-rate run at a fifth of
+# direct closed-loop throughput (the p99 target), and a constant-rate run at a fifth of
 # the slowest target's closed-loop throughput ("moderate": on one core the origin is so
 # much faster than any proxy that a fifth of its capacity loads a proxy and the origin
 # together close to the core's limit, so that p99 there is mostly queueing). Prints req/s, p50 and p99 for each, each server's CPU time

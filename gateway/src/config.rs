@@ -835,5 +835,8 @@ mod example_file {
         let c = super::Config::load(&path).unwrap();
         assert_eq!(c.card_backends.len(), 1);
         assert_eq!(c.public_host, "bib.localhost:8080");
+        // The policy it names is the demo county's, and it loads.
+        assert!(c.policy_dir.ends_with("demo/policy"), "{:?}", c.policy_dir);
+        policy::load_dir(&c.policy_dir).unwrap();
     }
 }
